@@ -1,0 +1,22 @@
+# `make demo` and `make test` each create or refresh .venv, install substrax into it, then run.
+VENV ?= .venv
+PYTHON ?= python3
+BIN = $(VENV)/bin
+
+.PHONY: install demo test bench
+
+install:
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -e '.[test]'
+
+# Trains the in-context linear-regression transformer (d=5) on the CPU, then writes
+# runs/demo/eval/icl_linear.{json,png}: the model against least squares, ridge, GD, k-NN, averaging.
+demo: install
+	$(BIN)/substrax-train --config=configs/icl_linear.py:cpu --workdir=runs/demo
+	@echo "plot: runs/demo/eval/icl_linear.png   numbers: runs/demo/eval/icl_linear.json"
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+bench: install
+	$(BIN)/python benchmarks/train_step.py

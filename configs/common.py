@@ -1,0 +1,54 @@
+"""Defaults every experiment shares: trainer, optimizer, mesh, checkpoints, logging.
+
+Configs are plain data. An experiment file calls `base_config()`, fills in `task`, `data`,
+`model` and `eval`, then applies one of the presets `tiny`, `cpu`, `gpu`, `pod`.
+"""
+import ml_collections
+
+PRESETS = ("tiny", "cpu", "gpu", "pod")
+
+# Logical axis -> mesh axis. Parameters shard their `embed` dimension over `fsdp` and their
+# heads/mlp dimensions over `model`; activations shard `batch` over data and fsdp together.
+LOGICAL_AXIS_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("mlp", "model"),
+    ("heads", "model"),
+    ("kv", None),
+    ("vocab", "model"),
+    ("length", None),
+)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.task = ""
+  c.seed = 0
+  c.num_steps = 1000
+  c.batch_size = 64  # global batch, split over the data and fsdp mesh axes
+
+  # Mesh axes are (data, fsdp, model); one entry may be -1 to take the remaining devices.
+  c.mesh_shape = (-1, 1, 1)
+  c.logical_axis_rules = LOGICAL_AXIS_RULES
+
+  c.optim = ml_collections.ConfigDict(dict(
+      learning_rate=1e-3,   # peak of the warmup-cosine schedule
+      warmup_steps=100,
+      end_lr_fraction=0.0,  # final lr = peak * end_lr_fraction
+      b1=0.9,
+      b2=0.999,
+      weight_decay=0.0,
+      grad_clip_norm=1.0,
+  ))
+
+  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3))
+  c.log_every_steps = 100
+  c.eval_every_steps = 1000
+  c.progress_bar = True
+  return c
+
+
+def check_preset(preset: str) -> str:
+  if preset not in PRESETS:
+    raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+  return preset

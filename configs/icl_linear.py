@@ -1,0 +1,75 @@
+"""In-context linear regression (Garg et al. 2022), the project's main job.
+
+  substrax-train --config=configs/icl_linear.py:cpu --workdir=runs/icl
+  substrax-train --config=configs/icl_linear.py:gpu --workdir=... --config.data.function_class=sparse_linear
+
+Presets: tiny (tests, seconds), cpu (the demo, minutes on 2 cores), gpu (Garg's standard
+model with the dimension/points curriculum), pod (the same with a large global batch).
+"""
+import ml_collections
+from ml_collections import config_dict
+
+from substrax.configs import common
+
+
+def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
+  preset = common.check_preset(preset)
+  c = common.base_config()
+  c.task = "icl"
+
+  c.data = ml_collections.ConfigDict(dict(
+      function_class="linear",  # see substrax.data.icl.FUNCTION_CLASSES
+      n_dims=5,
+      n_points=11,              # (x, y) pairs per prompt
+      covariance="isotropic",   # or "skewed": eigenvalues of Cov(x) proportional to 1/i^2
+      noise_std=0.0,            # for noisy_linear
+      sparsity=3,               # for sparse_linear
+      # Garg's curriculum: start small, grow every `interval` steps. None = no curriculum.
+      curriculum=ml_collections.ConfigDict(dict(
+          dims_start=config_dict.placeholder(int), dims_inc=1,
+          points_start=config_dict.placeholder(int), points_inc=2,
+          interval=2000)),
+  ))
+
+  c.model = ml_collections.ConfigDict(dict(
+      width=64, depth=3, num_heads=2, mlp_ratio=4,
+      norm="layernorm",  # or "rmsnorm"
+      dtype="float32",   # compute dtype; parameters stay float32
+      attention=ml_collections.ConfigDict(dict(kind="softmax", impl="auto")),
+  ))
+
+  c.eval = ml_collections.ConfigDict(dict(
+      num_prompts=1280, batch_size=640, seed=1_000_003,
+      ridge_alpha=0.1, lasso_alpha=0.01, knn_k=3, gd_steps=5, bootstrap=1000,
+  ))
+
+  if preset == "tiny":
+    c.model.update(width=32, depth=2, num_heads=2)
+    c.batch_size = 16
+    c.num_steps = 20
+    c.optim.warmup_steps = 5
+    c.log_every_steps = 1
+    c.eval_every_steps = 10
+    c.checkpoint.every_steps = 10
+    c.eval.update(num_prompts=128, batch_size=128, bootstrap=200)
+    c.progress_bar = False
+  elif preset == "cpu":
+    c.num_steps = 16000
+    c.optim.update(learning_rate=1e-3, warmup_steps=500)
+    c.log_every_steps = 200
+    c.eval_every_steps = 2000
+    c.checkpoint.every_steps = 2000
+  else:  # gpu and pod: Garg's "standard" model at d=20 with the curriculum.
+    c.data.update(n_dims=20, n_points=41)
+    c.data.curriculum.update(dims_start=5, points_start=11)
+    c.model.update(width=256, depth=12, num_heads=8, dtype="bfloat16")
+    c.num_steps = 500_000
+    c.optim.update(learning_rate=1e-4, warmup_steps=1000, end_lr_fraction=0.1)
+    c.log_every_steps = 500
+    c.eval_every_steps = 10_000
+    c.checkpoint.every_steps = 5000
+    if preset == "pod":
+      c.batch_size = 1024
+      c.num_steps = 100_000
+      c.optim.learning_rate = 3e-4
+  return c

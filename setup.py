@@ -1,0 +1,49 @@
+"""substrax: compare the substrates a sequence model computes with, in JAX/Flax.
+
+The repository's top-level folders install under one import name, `substrax.<folder>`,
+so nothing generic such as `models` or `data` lands in site-packages.
+"""
+from setuptools import setup
+
+PACKAGES = {
+    "substrax.configs": "configs",
+    "substrax.models": "models",
+    "substrax.models.attention": "models/attention",
+    "substrax.data": "data",
+    "substrax.train": "train",
+    "substrax.train.tasks": "train/tasks",
+}
+
+setup(
+    name="substrax",
+    version="0.1.0",
+    description="Attention, linear attention and reaction-diffusion substrates in JAX/Flax.",
+    python_requires=">=3.11",
+    packages=list(PACKAGES),
+    package_dir=PACKAGES,
+    install_requires=[
+        "jax>=0.10.0",
+        "flax>=0.12.8",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12.8",
+        "chex>=0.1.92",
+        "ml-collections>=1.1.0",
+        "absl-py>=2.1",
+        "tensorboardX>=2.6.5",
+        "tqdm>=4.66",
+        "matplotlib>=3.9",
+        "numpy>=2.0",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist>=3.6", "jupytext>=1.16", "nbclient>=0.10", "nbformat>=5.10",
+                 "ipykernel>=6.29"],
+        "notebooks": ["jupytext>=1.16", "ipykernel>=6.29"],
+    },
+    entry_points={
+        "console_scripts": [
+            "substrax-train=substrax.train.main:run_train",
+            "substrax-eval=substrax.train.main:run_eval",
+            "substrax-inspect=substrax.train.main:run_inspect",
+        ]
+    },
+)

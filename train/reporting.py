@@ -1,0 +1,53 @@
+"""Shared pieces of evaluators: bootstrap intervals, JSON, curve plots and console tables."""
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def bootstrap_mean(errors: np.ndarray, n_boot: int, seed: int = 0):
+  """errors [n_samples, n_points] -> (mean [n_points], 95% interval [n_points, 2])."""
+  rng = np.random.default_rng(seed)
+  idx = rng.integers(0, errors.shape[0], size=(n_boot, errors.shape[0]))
+  means = np.stack([errors[i].mean(0) for i in idx])
+  return errors.mean(0), np.stack(np.percentile(means, [2.5, 97.5], axis=0), axis=-1)
+
+
+def write_json(path: str, payload: dict):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(payload, f, indent=1)
+
+
+def plot_curves(path: str, x, curves: dict, *, xlabel: str, ylabel: str, title: str,
+                highlight: str | None = None, ylim=None):
+  """One line per entry of curves {name: {'mean': [...], 'ci95': [[lo, hi], ...]}} with bands."""
+  fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+  for name, c in curves.items():
+    mean, ci = np.asarray(c["mean"]), np.asarray(c["ci95"])
+    main = name == highlight
+    line, = ax.plot(x, mean, lw=2.5 if main else 1.3, ls="-" if main else "--", label=name,
+                    zorder=3 if main else 2)
+    ax.fill_between(x, ci[:, 0], ci[:, 1], color=line.get_color(), alpha=0.2, lw=0)
+  ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+  if ylim is not None:
+    ax.set_ylim(*ylim)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8, ncol=2)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def format_table(columns, rows: dict, *, first: str = "model") -> str:
+  """Rows {name: [values per column]} as a fixed-width text table."""
+  names = [first, *[str(c) for c in columns]]
+  width = max(len(first), *(len(r) for r in rows)) + 1
+  lines = [f"{names[0]:<{width}}" + "".join(f"{c:>8}" for c in names[1:])]
+  for name, values in rows.items():
+    lines.append(f"{name:<{width}}" + "".join(f"{v:8.3f}" for v in values))
+  return "\n".join(lines)

@@ -1,0 +1,31 @@
+"""The pure train step: (state, batch) -> (state, metrics)."""
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array   # number of optimizer updates applied
+  params: Any
+  opt_state: Any
+
+
+def init_state(rng, *, model, inputs, tx) -> TrainState:
+  """Parameters keep their logical-partitioning boxes here; the trainer unboxes after sharding."""
+  params = model.init(rng, *inputs)["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def train_step(state: TrainState, batch, *, loss_fn: Callable, tx: optax.GradientTransformation,
+               schedule: optax.Schedule):
+  """One AdamW update. `loss_fn(params, batch) -> (loss, aux_metrics)`."""
+  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+             "param_norm": optax.global_norm(params), "learning_rate": schedule(state.step), **aux}
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics

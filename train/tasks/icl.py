@@ -1,0 +1,157 @@
+"""In-context regression: prompts from substrax.data.icl, the ICL transformer, Garg-style eval."""
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from substrax.data import icl as icl_data
+from substrax.models import attention, baselines, transformer
+from substrax.models.icl import ICLTransformer
+from substrax.train import reporting
+from substrax.train.tasks import Task
+from substrax.train.validation import require
+
+DTYPES = ("float32", "bfloat16")
+
+
+def validate(config):
+  d, m, cur = config.data, config.model, config.data.curriculum
+  require(d.function_class in icl_data.FUNCTION_CLASSES, "data.function_class",
+          f"unknown function class {d.function_class!r}; choose one of "
+          f"{', '.join(icl_data.FUNCTION_CLASSES)}")
+  require(d.covariance in icl_data.COVARIANCES, "data.covariance",
+          f"unknown covariance {d.covariance!r}; choose one of {', '.join(icl_data.COVARIANCES)}")
+  require(d.n_dims > 0, "data.n_dims", f"must be positive, got {d.n_dims}")
+  require(d.n_points > 0, "data.n_points", f"must be positive, got {d.n_points}")
+  require(d.noise_std >= 0, "data.noise_std", f"must be >= 0, got {d.noise_std}")
+  require(0 < d.sparsity <= d.n_dims, "data.sparsity",
+          f"must be in [1, n_dims={d.n_dims}], got {d.sparsity}")
+  for key, start, end in (("dims_start", cur.dims_start, d.n_dims),
+                          ("points_start", cur.points_start, d.n_points)):
+    require(start is None or 0 < start <= end, f"data.curriculum.{key}",
+            f"must be in [1, {end}], got {start}")
+  if d.function_class == "sparse_linear" and cur.dims_start is not None:
+    require(d.sparsity <= cur.dims_start, "data.sparsity",
+            f"{d.sparsity} exceeds curriculum.dims_start={cur.dims_start}")
+  require(cur.interval > 0, "data.curriculum.interval", f"must be positive, got {cur.interval}")
+  require(m.width > 0 and m.depth > 0 and m.num_heads > 0, "model",
+          f"width, depth and num_heads must be positive, got {m.width}, {m.depth}, {m.num_heads}")
+  require(m.width % m.num_heads == 0, "model.num_heads",
+          f"{m.num_heads} heads do not divide model.width={m.width}")
+  require(m.mlp_ratio > 0, "model.mlp_ratio", f"must be positive, got {m.mlp_ratio}")
+  require(m.norm in transformer.NORMS, "model.norm",
+          f"unknown norm {m.norm!r}; choose one of {', '.join(transformer.NORMS)}")
+  require(m.dtype in DTYPES, "model.dtype", f"unknown dtype {m.dtype!r}; choose one of {DTYPES}")
+  require(m.attention.kind in attention.KINDS, "model.attention.kind",
+          f"unknown kind {m.attention.kind!r}; choose one of {', '.join(attention.KINDS)}")
+  require(m.attention.impl in attention.IMPLS, "model.attention.impl",
+          f"unknown impl {m.attention.impl!r}; choose one of {', '.join(attention.IMPLS)}")
+  e = config.eval
+  require(e.num_prompts > 0 and e.batch_size > 0, "eval.num_prompts/batch_size",
+          f"must be positive, got {e.num_prompts}, {e.batch_size}")
+  require(1 <= e.knn_k <= d.n_points, "eval.knn_k", f"must be in [1, n_points], got {e.knn_k}")
+
+
+def make_model(config) -> ICLTransformer:
+  m = config.model
+  return ICLTransformer(
+      n_points=config.data.n_points, width=m.width, depth=m.depth, num_heads=m.num_heads,
+      mlp_ratio=m.mlp_ratio, norm=m.norm, attention_kind=m.attention.kind,
+      attention_impl=m.attention.impl, dtype=jnp.dtype(m.dtype))
+
+
+def pointwise_loss(spec: icl_data.Spec, preds, ys):
+  """Squared error for regression; logistic loss on the margin for +-1 labels."""
+  if spec.is_classification:
+    return jax.nn.softplus(-preds * ys)
+  return (preds - ys) ** 2
+
+
+def pointwise_error(spec: icl_data.Spec, preds, ys):
+  """The reported metric per prompt and prefix: normalised squared error or 0/1 error."""
+  if spec.is_classification:
+    return (jnp.sign(preds) != ys).astype(jnp.float32)
+  return (preds - ys) ** 2 / spec.normalizer
+
+
+def build(config) -> Task:
+  spec = icl_data.Spec.from_config(config.data)
+  model = make_model(config)
+  e = config.eval
+  n, d = spec.n_points, spec.n_dims
+
+  def sample_batch(key, step):
+    dims, points = icl_data.curriculum(spec, step)
+    batch = icl_data.sample(spec, key, config.batch_size, dims)
+    # Curriculum over points: later positions are sampled but carry no loss.
+    batch["weights"] = jnp.broadcast_to(jnp.arange(n) < points, (config.batch_size, n))
+    return batch
+
+  def loss_fn(params, batch):
+    preds = model.apply({"params": params}, batch["xs"], batch["ys"])
+    w = batch["weights"].astype(jnp.float32)
+    return jnp.sum(pointwise_loss(spec, preds, batch["ys"]) * w) / jnp.sum(w), {}
+
+  eval_prompts = icl_data.sample(spec, jax.random.key(e.seed), min(e.num_prompts, 512))
+
+  def eval_step(params):
+    preds = model.apply({"params": params}, eval_prompts["xs"], eval_prompts["ys"])
+    err = pointwise_error(spec, preds, eval_prompts["ys"]).mean(0)
+    return {"loss": pointwise_loss(spec, preds, eval_prompts["ys"]).mean(),
+            f"error_k{n - 1}": err[-1], f"error_k{d}": err[min(d, n - 1)]}
+
+  @jax.jit
+  def eval_errors(params, key):
+    prompts = icl_data.sample(spec, key, e.batch_size)
+    xs, ys = prompts["xs"], prompts["ys"]
+    preds = {"transformer": model.apply({"params": params}, xs, ys)}
+    preds.update(baselines.all_baselines(
+        xs, ys, ridge_alpha=e.ridge_alpha, lasso_alpha=e.lasso_alpha, knn_k=e.knn_k,
+        gd_steps_n=e.gd_steps, noise_var=spec.noise_std**2))
+    return {k: pointwise_error(spec, p, ys) for k, p in preds.items()}
+
+  def evaluate(params, workdir, step):
+    return evaluate_prompts(config, spec, functools.partial(eval_errors, params), workdir, step)
+
+  zeros = jnp.zeros((1, n, d))
+  return Task(model=model, init_inputs=(zeros, zeros[..., 0]), sample_batch=sample_batch,
+              batch_axes={"xs": ("batch", None, None), "ys": ("batch", None),
+                          "weights": ("batch", None)},
+              loss_fn=loss_fn, eval_step=eval_step, evaluate=evaluate)
+
+
+def evaluate_prompts(config, spec, errors_fn, workdir, step):
+  """Error per prefix length over held-out prompts, for the model and every baseline.
+
+  Writes eval/icl_<function_class>.json and .png and prints a table. `errors_fn(key)` returns
+  {name: errors [batch, n_points]}.
+  """
+  e = config.eval
+  n_batches = -(-e.num_prompts // e.batch_size)
+  chunks = [jax.device_get(errors_fn(jax.random.fold_in(jax.random.key(e.seed), i)))
+            for i in range(n_batches)]
+  errors = {k: np.concatenate([c[k] for c in chunks])[:e.num_prompts] for k in chunks[0]}
+  models = {}
+  for name, err in sorted(errors.items(), key=lambda kv: kv[0] != "transformer"):
+    mean, ci = reporting.bootstrap_mean(err, e.bootstrap)
+    models[name] = {"mean": mean.tolist(), "ci95": ci.tolist()}
+  ks = list(range(spec.n_points))
+  payload = {"function_class": spec.function_class, "n_dims": spec.n_dims, "metric": spec.metric,
+             "k": ks, "step": int(step), "num_prompts": int(e.num_prompts), "models": models}
+  name = f"icl_{spec.function_class}"
+  out = os.path.join(workdir, "eval")
+  reporting.write_json(os.path.join(out, f"{name}.json"), payload)
+  reporting.plot_curves(
+      os.path.join(out, f"{name}.png"), ks, models, highlight="transformer",
+      xlabel="in-context examples k", ylabel=spec.metric.replace("_", " "),
+      title=f"{spec.function_class}, d={spec.n_dims}, step {step}",
+      ylim=(0, 1.05) if spec.is_classification else (0, 1.25))
+  shown = sorted({0, spec.n_dims // 2, spec.n_dims, min(2 * spec.n_dims, spec.n_points - 1),
+                  spec.n_points - 1})
+  shown = [k for k in shown if k < spec.n_points]
+  print(f"{spec.metric} at k in-context examples ({e.num_prompts} prompts):")
+  print(reporting.format_table([f"k={k}" for k in shown],
+                               {m: [v["mean"][k] for k in shown] for m, v in models.items()}))
+  return payload

@@ -1,0 +1,91 @@
+"""Config checks that run before anything is compiled.
+
+Each failure raises ConfigError with one line naming the key and what is wrong; the CLI prints
+it and exits with status 2.
+"""
+import math
+import os
+import tempfile
+
+from substrax.models.sharding import MESH_AXES
+
+
+class ConfigError(ValueError):
+  """A bad config value or input, described in one line."""
+
+
+def require(ok: bool, key: str, message: str):
+  if not ok:
+    raise ConfigError(f"{key}: {message}")
+
+
+def resolve_mesh_shape(mesh_shape, n_devices: int) -> tuple[int, ...]:
+  """Fills in the one -1 entry of `mesh_shape` and checks it covers exactly `n_devices`."""
+  shape = tuple(int(s) for s in mesh_shape)
+  require(len(shape) == len(MESH_AXES), "mesh_shape",
+          f"needs {len(MESH_AXES)} entries for axes {MESH_AXES}, got {shape}")
+  require(shape.count(-1) <= 1, "mesh_shape", f"at most one entry may be -1, got {shape}")
+  require(all(s > 0 or s == -1 for s in shape), "mesh_shape",
+          f"entries must be positive or -1, got {shape}")
+  known = math.prod(s for s in shape if s != -1)
+  if -1 in shape:
+    require(n_devices % known == 0, "mesh_shape",
+            f"{shape} does not divide the {n_devices} available devices")
+    shape = tuple(n_devices // known if s == -1 else s for s in shape)
+  require(math.prod(shape) == n_devices, "mesh_shape",
+          f"{shape} uses {math.prod(shape)} devices but {n_devices} are available")
+  return shape
+
+
+def check_trainer(config, n_devices: int):
+  """Checks the fields every experiment shares (see configs/common.py)."""
+  require(config.num_steps > 0, "num_steps", f"must be positive, got {config.num_steps}")
+  require(config.batch_size > 0, "batch_size", f"must be positive, got {config.batch_size}")
+  o = config.optim
+  require(o.learning_rate > 0, "optim.learning_rate", f"must be positive, got {o.learning_rate}")
+  require(0 <= o.warmup_steps < config.num_steps, "optim.warmup_steps",
+          f"must be in [0, num_steps={config.num_steps}), got {o.warmup_steps}")
+  require(0 <= o.end_lr_fraction <= 1, "optim.end_lr_fraction",
+          f"must be in [0, 1], got {o.end_lr_fraction}")
+  require(0 <= o.b1 < 1 and 0 <= o.b2 < 1, "optim.b1/b2", f"must be in [0, 1), got {o.b1}, {o.b2}")
+  require(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
+  require(o.grad_clip_norm > 0, "optim.grad_clip_norm", f"must be positive, got {o.grad_clip_norm}")
+  for key, value in (("checkpoint.every_steps", config.checkpoint.every_steps),
+                     ("checkpoint.keep", config.checkpoint.keep),
+                     ("log_every_steps", config.log_every_steps),
+                     ("eval_every_steps", config.eval_every_steps)):
+    require(value > 0, key, f"must be positive, got {value}")
+  for i, rule in enumerate(config.logical_axis_rules):
+    targets = rule[1] if isinstance(rule[1], (tuple, list)) else (rule[1],)
+    for t in targets:
+      require(t is None or t in MESH_AXES, f"logical_axis_rules[{i}]",
+              f"maps {rule[0]!r} to unknown mesh axis {t!r}; mesh axes are {MESH_AXES}")
+  shape = resolve_mesh_shape(config.mesh_shape, n_devices)
+  data_shards = shape[0] * shape[1]
+  require(config.batch_size % data_shards == 0, "batch_size",
+          f"{config.batch_size} does not divide across {data_shards} data shards "
+          f"(mesh data x fsdp = {shape[0]} x {shape[1]})")
+  return shape
+
+
+def check_workdir(workdir: str):
+  require(bool(workdir), "--workdir", "is required")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=workdir):
+      pass
+  except OSError as e:
+    raise ConfigError(f"--workdir: {workdir!r} is not writable ({e.strerror})") from None
+
+
+def check_shardable(shapes, shardings, mesh):
+  """Every sharded dimension must divide evenly by its mesh axes; names the parameter if not."""
+  import jax  # local: keeps this module importable without initialising JAX
+  for (path, leaf), sharding in zip(jax.tree_util.tree_leaves_with_path(shapes),
+                                    jax.tree_util.tree_leaves(shardings)):
+    for dim, axes in zip(leaf.shape, sharding.spec):
+      axes = axes if isinstance(axes, tuple) else (axes,)
+      size = math.prod(mesh.shape[a] for a in axes if a is not None)
+      require(dim % size == 0, jax.tree_util.keystr(path),
+              f"dimension {dim} does not divide over mesh axes {axes} of size {size}; "
+              f"change the model size or mesh_shape")
