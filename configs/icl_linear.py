@@ -54,8 +54,8 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
     c.eval.update(num_prompts=128, batch_size=128, bootstrap=200)
     c.progress_bar = False
   elif preset == "cpu":
-    c.num_steps = 16000
-    c.optim.update(learning_rate=1e-3, warmup_steps=500)
+    c.num_steps = 12000
+    c.optim.update(learning_rate=2e-3, warmup_steps=500)
     c.log_every_steps = 200
     c.eval_every_steps = 2000
     c.checkpoint.every_steps = 2000

@@ -23,7 +23,7 @@ def normalised_error(preds, ys):
 def test_least_squares_is_exact_once_k_reaches_d(prompts):
   xs, ys = prompts
   mean, _ = normalised_error(jax.jit(baselines.least_squares)(xs, ys), ys)
-  np.testing.assert_allclose(mean[D:], 0.0, atol=1e-6)
+  np.testing.assert_allclose(mean[D:], 0.0, atol=1e-5)  # float32 pinv
   # Below d points the minimum-norm solution recovers the projection: error (d - k) / d.
   np.testing.assert_allclose(mean[:D], (D - np.arange(D)) / D, rtol=0.05)
 

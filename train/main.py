@@ -9,7 +9,7 @@ import json
 import logging as pylogging
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -41,6 +41,8 @@ def _guard(fn):
 
   def main(argv):
     del argv
+    # Orbax and JAX log every save and compile at INFO; the trainer prints its own status lines.
+    logging.set_verbosity(logging.WARNING)
     try:
       fn()
     except validation.ConfigError as e:

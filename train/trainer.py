@@ -9,18 +9,24 @@ import functools
 import json
 import os
 import signal
+import sys
 import time
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import numpy as np
-from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from substrax.train import checkpointing, mesh as mesh_lib, optim, step as step_lib, tasks, validation
 from substrax.train.metrics import MetricWriter
+
+
+def _status(message: str):
+  """One line on stderr from process 0 (library logs stay at WARNING under the CLI)."""
+  if jax.process_index() == 0:
+    print(f"substrax: {message}", file=sys.stderr, flush=True)
 
 
 class Preempted(Exception):
@@ -120,7 +126,7 @@ def restore_or_init(exp: Experiment, manager) -> tuple[step_lib.TrainState, int]
   step = manager.latest_step()
   if step is None:
     return exp.init(), 0
-  logging.info("resuming from the checkpoint at step %d in %s", step, manager.directory)
+  _status(f"resuming from the checkpoint at step {step} in {manager.directory}")
   return checkpointing.restore(manager, step, exp.abstract_state), step
 
 
