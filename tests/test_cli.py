@@ -70,7 +70,7 @@ BAD_CONFIGS = [
     ({"mesh_shape": (3, 1, 1)}, "mesh_shape"),
     ({"mesh_shape": (-1, -1, 1)}, "mesh_shape"),
     ({"batch_size": 12}, "batch_size"),
-    ({"mesh_shape": (1, 1, 8)}, "qkv_kernel"),  # 2 heads cannot shard over 8 model devices
+    ({"mesh_shape": (1, 1, 8)}, "attn.*dimension 2 does not divide"),  # 2 heads over 8 devices
     ({"task": "nope"}, "task"),
     ({"model.attention.kind": "nope"}, "model.attention.kind"),
     ({"data.sparsity": 9}, "data.sparsity"),
@@ -80,7 +80,7 @@ BAD_CONFIGS = [
 
 @pytest.mark.parametrize("overrides,key", BAD_CONFIGS)
 def test_bad_configs_name_the_key_before_compiling(overrides, key):
-  with pytest.raises(validation.ConfigError, match=key.replace(".", r"\.")) as e:
+  with pytest.raises(validation.ConfigError, match=key) as e:
     trainer.setup(icl_config("tiny", **overrides))
   assert "\n" not in str(e.value)
 

@@ -44,7 +44,7 @@ def test_one_device_equals_eight_devices_on_every_mesh(tmp_path):
   reference = np.array([loss for _, loss in train_losses(str(tmp_path))])
   assert len(reference) == 10
   for mesh in [(8, 1, 1), (2, 4, 1), (2, 2, 2)]:
-    got = losses_in_process(icl_config("tiny", mesh_shape=mesh), 10)
+    got = losses_in_process(icl_config("tiny", mesh_shape=mesh, num_steps=10), 10)
     np.testing.assert_allclose(got, reference, rtol=1e-5, err_msg=str(mesh))
 
 
@@ -67,7 +67,7 @@ def test_sigterm_then_resume_is_exact(tmp_path):
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 143, err
   stopped_at = train_losses(interrupted)[-1][0]
-  assert 200 <= stopped_at < 3000
+  assert 100 <= stopped_at < 3000
   assert f"saved a checkpoint at step {stopped_at}" in err
 
   resumed = cli("substrax-train", *args, f"--workdir={interrupted}")

@@ -2,11 +2,8 @@
 import json
 import os
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure  # no pyplot: figures render without touching the backend
 
 
 def bootstrap_mean(errors: np.ndarray, n_boot: int, seed: int = 0):
@@ -26,7 +23,8 @@ def write_json(path: str, payload: dict):
 def plot_curves(path: str, x, curves: dict, *, xlabel: str, ylabel: str, title: str,
                 highlight: str | None = None, ylim=None):
   """One line per entry of curves {name: {'mean': [...], 'ci95': [[lo, hi], ...]}} with bands."""
-  fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+  fig = Figure(figsize=(6.4, 4.2), dpi=120)
+  ax = fig.subplots()
   for name, c in curves.items():
     mean, ci = np.asarray(c["mean"]), np.asarray(c["ci95"])
     main = name == highlight
@@ -40,7 +38,6 @@ def plot_curves(path: str, x, curves: dict, *, xlabel: str, ylabel: str, title: 
   ax.legend(fontsize=8, ncol=2)
   fig.tight_layout()
   fig.savefig(path)
-  plt.close(fig)
 
 
 def format_table(columns, rows: dict, *, first: str = "model") -> str:

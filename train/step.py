@@ -26,6 +26,6 @@ def train_step(state: TrainState, batch, *, loss_fn: Callable, tx: optax.Gradien
   (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
-             "param_norm": optax.global_norm(params), "learning_rate": schedule(state.step), **aux}
+  metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
+             "param_norm": optax.tree.norm(params), "learning_rate": schedule(state.step), **aux}
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
