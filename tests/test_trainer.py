@@ -49,8 +49,8 @@ def test_one_device_equals_eight_devices_on_every_mesh(tmp_path):
 
 
 def test_sigterm_then_resume_is_exact(tmp_path):
-  args = [f"--config={ICL_CONFIG}:tiny", "--config.num_steps=3000",
-          "--config.checkpoint.every_steps=1000"]
+  args = [f"--config={ICL_CONFIG}:tiny", "--config.num_steps=1500",
+          "--config.checkpoint.every_steps=500"]
   full, interrupted = str(tmp_path / "full"), str(tmp_path / "interrupted")
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
              JAX_NUM_CPU_DEVICES="1")
@@ -67,7 +67,7 @@ def test_sigterm_then_resume_is_exact(tmp_path):
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 143, err
   stopped_at = train_losses(interrupted)[-1][0]
-  assert 100 <= stopped_at < 3000
+  assert 100 <= stopped_at < 1500
   assert f"saved a checkpoint at step {stopped_at}" in err
 
   resumed = cli("substrax-train", *args, f"--workdir={interrupted}")
@@ -76,9 +76,9 @@ def test_sigterm_then_resume_is_exact(tmp_path):
   assert cli("substrax-train", *args, f"--workdir={full}").returncode == 0
 
   assert train_losses(interrupted) == train_losses(full)
-  config = icl_config("tiny", num_steps=3000)
+  config = icl_config("tiny", num_steps=1500)
   (s1, a), (s2, b) = restore_latest(config, interrupted), restore_latest(config, full)
-  assert s1 == s2 == 3000
+  assert s1 == s2 == 1500
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
