@@ -35,7 +35,7 @@ setup(
         "numpy>=2.0",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.6", "jupytext>=1.16", "nbclient>=0.10", "nbformat>=5.10",
+        "test": ["pytest>=8", "jupytext>=1.16", "nbclient>=0.10", "nbformat>=5.10",
                  "ipykernel>=6.29"],
         "notebooks": ["jupytext>=1.16", "ipykernel>=6.29"],
     },

@@ -1,7 +1,8 @@
 """In-context linear regression (Garg et al. 2022), the project's main job.
 
   substrax-train --config=configs/icl_linear.py:cpu --workdir=runs/icl
-  substrax-train --config=configs/icl_linear.py:gpu --workdir=... --config.data.function_class=sparse_linear
+  substrax-train --config=configs/icl_linear.py:gpu --workdir=DIR \
+      --config.data.function_class=sparse_linear
 
 Presets: tiny (tests, seconds), cpu (the demo, minutes on 2 cores), gpu (Garg's standard
 model with the dimension/points curriculum), pod (the same with a large global batch).

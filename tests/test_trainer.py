@@ -15,7 +15,8 @@ from substrax.train.metrics import read_jsonl
 
 
 def train_losses(workdir):
-  return [(r["step"], r["loss"]) for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"), "train")]
+  records = read_jsonl(os.path.join(workdir, "metrics.jsonl"), "train")
+  return [(r["step"], r["loss"]) for r in records]
 
 
 def restore_latest(config, workdir):

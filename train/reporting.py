@@ -23,7 +23,7 @@ def write_json(path: str, payload: dict):
 def plot_curves(path: str, x, curves: dict, *, xlabel: str, ylabel: str, title: str,
                 highlight: str | None = None, ylim=None):
   """One line per entry of curves {name: {'mean': [...], 'ci95': [[lo, hi], ...]}} with bands."""
-  fig = Figure(figsize=(6.4, 4.2), dpi=120)
+  fig = Figure(figsize=(7.6, 4.2), dpi=120)
   ax = fig.subplots()
   for name, c in curves.items():
     mean, ci = np.asarray(c["mean"]), np.asarray(c["ci95"])
@@ -35,7 +35,7 @@ def plot_curves(path: str, x, curves: dict, *, xlabel: str, ylabel: str, title: 
   if ylim is not None:
     ax.set_ylim(*ylim)
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=8, ncol=2)
+  ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
   fig.tight_layout()
   fig.savefig(path)
 

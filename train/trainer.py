@@ -19,7 +19,8 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from substrax.train import checkpointing, mesh as mesh_lib, optim, step as step_lib, tasks, validation
+from substrax.train import checkpointing, optim, tasks, validation
+from substrax.train import mesh as mesh_lib, step as step_lib
 from substrax.train.metrics import MetricWriter
 
 
@@ -33,7 +34,8 @@ class Preempted(Exception):
   """SIGTERM arrived; a checkpoint was saved at `step`."""
 
   def __init__(self, step: int):
-    super().__init__(f"SIGTERM: saved a checkpoint at step {step}; rerun the same command to resume")
+    super().__init__(
+        f"SIGTERM: saved a checkpoint at step {step}; rerun the same command to resume")
     self.step = step
 
 
