@@ -3,7 +3,14 @@
 Every function maps xs [B, n, d], ys [B, n] to predictions [B, n] where entry k predicts y_k
 from the first k pairs only (k = 0 sees nothing and predicts 0), the convention of the trained
 models in substrax.models.icl.
+
+Run each baseline in its own jit and wait for it before starting the next. jaxlib 0.10's CPU
+LAPACK kernels (the SVD behind `pinv`, the LU behind `solve`) split their batch over XLA's
+intra-op pool and block a pool thread until it is done; two of them at once, or one beside
+other work, can take every thread and deadlock (jaxlib 0.11 removed that parallel path).
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -97,16 +104,17 @@ def zero(xs, ys):
   return jnp.zeros_like(ys)
 
 
-def all_baselines(xs, ys, *, ridge_alpha: float, lasso_alpha: float, knn_k: int, gd_steps_n: int,
-                  noise_var: float = 0.0):
-  """Every baseline's predictions, keyed by the name used in eval JSON and plots."""
+def baseline_fns(*, ridge_alpha: float, lasso_alpha: float, knn_k: int, gd_steps_n: int,
+                 noise_var: float = 0.0):
+  """Every baseline as (xs, ys) -> predictions, keyed by its name in eval JSON and plots."""
+  p = functools.partial
   return {
-      "least_squares": least_squares(xs, ys),
-      "ridge": ridge(xs, ys, ridge_alpha),
-      "gd_optimal_step": gd_optimal_step(xs, ys, noise_var),
-      f"gd_{gd_steps_n}_steps": gd_steps(xs, ys, gd_steps_n),
-      f"{knn_k}nn": knn(xs, ys, knn_k),
-      "averaging": averaging(xs, ys),
-      "lasso": lasso(xs, ys, lasso_alpha),
-      "zero": zero(xs, ys),
+      "least_squares": least_squares,
+      "ridge": p(ridge, alpha=ridge_alpha),
+      "gd_optimal_step": p(gd_optimal_step, noise_var=noise_var),
+      f"gd_{gd_steps_n}_steps": p(gd_steps, steps=gd_steps_n),
+      f"{knn_k}nn": p(knn, k=knn_k),
+      "averaging": averaging,
+      "lasso": p(lasso, alpha=lasso_alpha),
+      "zero": zero,
   }

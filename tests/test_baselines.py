@@ -46,14 +46,14 @@ def test_optimal_gd_step_error_is_d_plus_1_over_k_plus_d_plus_1(prompts):
 
 def test_every_baseline_predicts_zero_without_context_and_uses_only_the_prefix(prompts):
   xs, ys = prompts[0][:64], prompts[1][:64]
-  fn = jax.jit(lambda x, y: baselines.all_baselines(x, y, ridge_alpha=0.1, lasso_alpha=0.01,
-                                                    knn_k=3, gd_steps_n=3))
-  preds = fn(xs, ys)
   k = 7  # changing points k.. must not change the prediction for y_k
-  perturbed = fn(xs.at[:, k + 1:].add(1.0), ys.at[:, k:].add(1.0))
-  for name, p in preds.items():
+  fns = baselines.baseline_fns(ridge_alpha=0.1, lasso_alpha=0.01, knn_k=3, gd_steps_n=3)
+  for name, fn in fns.items():
+    fn = jax.jit(fn)
+    p = np.asarray(fn(xs, ys))
+    perturbed = np.asarray(fn(xs.at[:, k + 1:].add(1.0), ys.at[:, k:].add(1.0)))
     np.testing.assert_allclose(p[:, 0], 0.0, atol=1e-6, err_msg=name)
-    np.testing.assert_allclose(perturbed[name][:, :k + 1], p[:, :k + 1], atol=1e-4, err_msg=name)
+    np.testing.assert_allclose(perturbed[:, :k + 1], p[:, :k + 1], atol=1e-4, err_msg=name)
 
 
 def test_ridge_and_lasso_approach_least_squares_as_regularisation_vanishes(prompts):

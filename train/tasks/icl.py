@@ -1,5 +1,4 @@
 """In-context regression: prompts from substrax.data.icl, the ICL transformer, Garg-style eval."""
-import functools
 import os
 
 import jax
@@ -102,26 +101,22 @@ def build(config) -> Task:
     return {"loss": pointwise_loss(spec, preds, eval_prompts["ys"]).mean(),
             f"error_k{n - 1}": err[-1], f"error_k{d}": err[min(d, n - 1)]}
 
-  @jax.jit
-  def model_errors(params, key):
-    prompts = icl_data.sample(spec, key, e.batch_size)
-    preds = model.apply({"params": params}, prompts["xs"], prompts["ys"])
-    return {"transformer": pointwise_error(spec, preds, prompts["ys"])}
+  def errors_of(predict):
+    """jit(key -> errors [batch, n]) for a predictor (xs, ys) -> predictions."""
+    def errors(key):
+      prompts = icl_data.sample(spec, key, e.batch_size)
+      return pointwise_error(spec, predict(prompts["xs"], prompts["ys"]), prompts["ys"])
+    return jax.jit(errors)
 
-  # A separate jit from the model's: see docs/pitfalls.md (XLA CPU hang with LAPACK calls).
-  @jax.jit
-  def baseline_errors(key):
-    prompts = icl_data.sample(spec, key, e.batch_size)
-    preds = baselines.all_baselines(
-        prompts["xs"], prompts["ys"], ridge_alpha=e.ridge_alpha, lasso_alpha=e.lasso_alpha,
-        knn_k=e.knn_k, gd_steps_n=e.gd_steps, noise_var=spec.noise_std**2)
-    return {k: pointwise_error(spec, p, prompts["ys"]) for k, p in preds.items()}
-
-  def eval_errors(params, key):
-    return {**model_errors(params, key), **baseline_errors(key)}
+  baseline_errors = {
+      name: errors_of(fn) for name, fn in baselines.baseline_fns(
+          ridge_alpha=e.ridge_alpha, lasso_alpha=e.lasso_alpha, knn_k=e.knn_k,
+          gd_steps_n=e.gd_steps, noise_var=spec.noise_std**2).items()}
 
   def evaluate(params, workdir, step):
-    return evaluate_prompts(config, spec, functools.partial(eval_errors, params), workdir, step)
+    model_errors = errors_of(lambda xs, ys: model.apply({"params": params}, xs, ys))
+    return evaluate_prompts(config, spec, {"transformer": model_errors, **baseline_errors},
+                            workdir, step)
 
   zeros = jnp.zeros((1, n, d))
   return Task(model=model, init_inputs=(zeros, zeros[..., 0]), sample_batch=sample_batch,
@@ -130,17 +125,17 @@ def build(config) -> Task:
               loss_fn=loss_fn, eval_step=eval_step, evaluate=evaluate)
 
 
-def evaluate_prompts(config, spec, errors_fn, workdir, step):
+def evaluate_prompts(config, spec, error_fns, workdir, step):
   """Error per prefix length over held-out prompts, for the model and every baseline.
 
-  Writes eval/icl_<function_class>.json and .png and prints a table. `errors_fn(key)` returns
-  {name: errors [batch, n_points]}.
+  Writes eval/icl_<function_class>.json and .png and prints a table. `error_fns` maps each name
+  to a jitted key -> errors [batch, n_points]; they run one at a time (see models/baselines.py).
   """
   e = config.eval
   n_batches = -(-e.num_prompts // e.batch_size)
-  chunks = [jax.device_get(errors_fn(jax.random.fold_in(jax.random.key(e.seed), i)))
-            for i in range(n_batches)]
-  errors = {k: np.concatenate([c[k] for c in chunks])[:e.num_prompts] for k in chunks[0]}
+  keys = [jax.random.fold_in(jax.random.key(e.seed), i) for i in range(n_batches)]
+  errors = {name: np.concatenate([jax.device_get(fn(k)) for k in keys])[:e.num_prompts]
+            for name, fn in error_fns.items()}
   models = {}
   for name, err in sorted(errors.items(), key=lambda kv: kv[0] != "transformer"):
     mean, ci = reporting.bootstrap_mean(err, e.bootstrap)
