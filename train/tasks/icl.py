@@ -1,4 +1,5 @@
 """In-context regression: prompts from substrax.data.icl, the ICL transformer, Garg-style eval."""
+import functools
 import os
 
 import jax
@@ -102,21 +103,23 @@ def build(config) -> Task:
             f"error_k{n - 1}": err[-1], f"error_k{d}": err[min(d, n - 1)]}
 
   def errors_of(predict):
-    """jit(key -> errors [batch, n]) for a predictor (xs, ys) -> predictions."""
-    def errors(key):
+    """jit((key, params) -> errors [batch, n]) for a predictor (params, xs, ys) -> predictions."""
+    def errors(key, params):
       prompts = icl_data.sample(spec, key, e.batch_size)
-      return pointwise_error(spec, predict(prompts["xs"], prompts["ys"]), prompts["ys"])
+      return pointwise_error(spec, predict(params, prompts["xs"], prompts["ys"]), prompts["ys"])
     return jax.jit(errors)
 
-  baseline_errors = {
-      name: errors_of(fn) for name, fn in baselines.baseline_fns(
+  predictors = {"transformer": lambda params, xs, ys: model.apply({"params": params}, xs, ys)}
+  predictors.update({
+      name: lambda _, xs, ys, fn=fn: fn(xs, ys) for name, fn in baselines.baseline_fns(
           ridge_alpha=e.ridge_alpha, lasso_alpha=e.lasso_alpha, knn_k=e.knn_k,
-          gd_steps_n=e.gd_steps, noise_var=spec.noise_std**2).items()}
+          gd_steps_n=e.gd_steps, noise_var=spec.noise_std**2).items()})
+  error_fns = {name: errors_of(p) for name, p in predictors.items()}
 
   def evaluate(params, workdir, step):
-    model_errors = errors_of(lambda xs, ys: model.apply({"params": params}, xs, ys))
-    return evaluate_prompts(config, spec, {"transformer": model_errors, **baseline_errors},
-                            workdir, step)
+    return evaluate_prompts(
+        config, spec, {name: functools.partial(fn, params=params if name == "transformer" else None)
+                       for name, fn in error_fns.items()}, workdir, step)
 
   zeros = jnp.zeros((1, n, d))
   return Task(model=model, init_inputs=(zeros, zeros[..., 0]), sample_batch=sample_batch,
