@@ -7,6 +7,8 @@ import math
 import os
 import tempfile
 
+import jax
+
 from substrax.models.sharding import MESH_AXES
 
 
@@ -80,7 +82,6 @@ def check_workdir(workdir: str):
 
 def check_shardable(shapes, shardings, mesh):
   """Every sharded dimension must divide evenly by its mesh axes; names the parameter if not."""
-  import jax  # local: keeps this module importable without initialising JAX
   for (path, leaf), sharding in zip(jax.tree_util.tree_leaves_with_path(shapes),
                                     jax.tree_util.tree_leaves(shardings)):
     for dim, axes in zip(leaf.shape, sharding.spec):
