@@ -52,6 +52,7 @@ class Experiment:
   abstract_state: step_lib.TrainState   # ShapeDtypeStructs carrying their shardings
   init: Callable         # () -> sharded initial TrainState, a function of config.seed
   train_step: Callable   # state -> (state, metrics): samples the step's batch, updates; donates
+  eval_step: Callable    # params -> held-out metrics (the task's eval_step, jitted)
 
   @contextlib.contextmanager
   def activate(self):
@@ -102,7 +103,8 @@ def setup(config) -> Experiment:
       init=jax.jit(lambda: _strip_boxes(init_boxed(init_key)), out_shardings=state_sharding),
       train_step=jax.jit(sample_and_update, in_shardings=(state_sharding,),
                          out_shardings=(state_sharding, NamedSharding(mesh, P())),
-                         donate_argnums=0))
+                         donate_argnums=0),
+      eval_step=jax.jit(task.eval_step))
 
 
 class _SigtermFlag:
@@ -163,9 +165,11 @@ def _train_loop(exp, state, start, manager, writer):
     """Host side of step `step`: NaN check, then JSONL/TensorBoard/progress bar."""
     host = jax.device_get(metrics)
     if not (np.isfinite(host["loss"]) and np.isfinite(host["grad_norm"])):
+      last = manager.latest_step()
       raise NonFiniteLoss(
-          f"loss is {host['loss']} (grad norm {host['grad_norm']}) at step {step}; stopping. "
-          f"The last good checkpoint is step {manager.latest_step()}.")
+          f"loss is {host['loss']} (grad norm {host['grad_norm']}) at step {step}; stopping. " +
+          (f"The last good checkpoint is step {last}." if last is not None
+           else "No checkpoint was written before it."))
     now = time.perf_counter()
     if clock["time"] is None:  # the first step includes compilation; rates start after it
       clock.update(step=step, time=now)
@@ -188,7 +192,7 @@ def _train_loop(exp, state, start, manager, writer):
       pending = (done, metrics)
       bar.update(1)
       if done % config.eval_every_steps == 0:
-        writer.write(done, "eval", jax.device_get(exp.task.eval_step(state.params)))
+        writer.write(done, "eval", jax.device_get(exp.eval_step(state.params)))
       if done % config.checkpoint.every_steps == 0 or done == config.num_steps or sigterm.requested:
         record(*pending)  # a checkpoint is written only after its step's loss is known finite
         pending = None
