@@ -9,6 +9,7 @@ PACKAGES = {
     "substrax.configs": "configs",
     "substrax.models": "models",
     "substrax.models.attention": "models/attention",
+    "substrax.models.kernels": "models/kernels",
     "substrax.data": "data",
     "substrax.train": "train",
     "substrax.train.tasks": "train/tasks",

@@ -48,6 +48,18 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def attention_config(kind: str = "softmax") -> ml_collections.ConfigDict:
+  """model.attention: the substrate and its settings (see substrax.models.attention)."""
+  return ml_collections.ConfigDict(dict(
+      kind=kind,         # softmax, linear, performer, cosformer, linformer, local, combiner, lsa
+      impl="auto",       # auto, xla, cudnn, pallas (which ones a kind has: SUPPORTED_IMPLS)
+      window=16,         # local: keys within this distance
+      num_features=64,   # performer: random features
+      redraw_every=1000, # performer: redraw the features every N steps (0 = never)
+      low_rank=16,       # linformer: projected length
+  ))
+
+
 def check_preset(preset: str) -> str:
   if preset not in PRESETS:
     raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")

@@ -36,7 +36,7 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
       width=64, depth=3, num_heads=2, mlp_ratio=4,
       norm="layernorm",  # or "rmsnorm"
       dtype="float32",   # compute dtype; parameters stay float32
-      attention=ml_collections.ConfigDict(dict(kind="softmax", impl="auto")),
+      attention=common.attention_config(),
   ))
 
   c.eval = ml_collections.ConfigDict(dict(

@@ -4,6 +4,8 @@ A prompt (x_1, y_1, ..., x_n, y_n) becomes 2n tokens: x_i, then y_i zero-padded 
 One linear read-in embeds both token types; the read-out at token x_i predicts y_i from the
 i-1 pairs before it, so a single forward pass yields predictions for every prefix length.
 """
+from typing import Any, Mapping
+
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -25,8 +27,7 @@ class ICLTransformer(nn.Module):
   num_heads: int
   mlp_ratio: int = 4
   norm: str = "layernorm"
-  attention_kind: str = "softmax"
-  attention_impl: str = "auto"
+  attention: Mapping[str, Any] | None = None  # Attention keyword arguments; None = softmax
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -41,8 +42,8 @@ class ICLTransformer(nn.Module):
                  kernel_init=param_init(init, None, "embed"),
                  bias_init=param_init(nn.initializers.zeros, "embed"))(tokens)
     h = Transformer(self.width, self.depth, self.num_heads, max_len=2 * self.n_points - 1,
-                    mlp_ratio=self.mlp_ratio, norm=self.norm, attention_kind=self.attention_kind,
-                    attention_impl=self.attention_impl, causal=True, dtype=self.dtype,
+                    mlp_ratio=self.mlp_ratio, norm=self.norm, attention=self.attention,
+                    causal=True, dtype=self.dtype,
                     name="backbone")(h)
     out = nn.Dense(1, dtype=jnp.float32, name="read_out",
                    kernel_init=param_init(init, "embed", None),

@@ -5,6 +5,7 @@ token embeddings, patches) reuses the same stack.
 """
 import functools
 import math
+from typing import Any, Mapping
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -44,17 +45,18 @@ class Block(nn.Module):
   num_heads: int
   mlp_ratio: int
   norm: str
-  attention_kind: str
-  attention_impl: str
+  attention: Mapping[str, Any]
   causal: bool
+  max_len: int
   dtype: jnp.dtype
   out_init: nn.initializers.Initializer
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, mask=None, segment_ids=None):
     h = make_norm(self.norm, "norm_attn")(x).astype(self.dtype)
-    x = x + Attention(self.num_heads, self.attention_kind, self.attention_impl, self.causal,
-                      self.dtype, out_init=self.out_init, name="attn")(h)
+    attn = Attention(self.num_heads, causal=self.causal, max_len=self.max_len, dtype=self.dtype,
+                     out_init=self.out_init, name="attn", **self.attention)
+    x = x + attn(h, mask, segment_ids)
     h = make_norm(self.norm, "norm_mlp")(x).astype(self.dtype)
     x = x + MLP(self.mlp_ratio * x.shape[-1], self.dtype, self.out_init, name="mlp")(h)
     return constrain(x, "batch", "length", None)
@@ -67,21 +69,25 @@ class Transformer(nn.Module):
   max_len: int
   mlp_ratio: int = 4
   norm: str = "layernorm"
-  attention_kind: str = "softmax"
-  attention_impl: str = "auto"
+  # Attention keyword arguments: kind, impl and the kind's settings (see models/attention);
+  # None means softmax with the default implementation.
+  attention: Mapping[str, Any] | None = None
   causal: bool = True
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, mask=None, segment_ids=None):
+    """x [batch, length, width]; optional mask [batch, length] (True for real tokens) and
+    segment_ids [batch, length] (softmax attention only)."""
     length = x.shape[1]
     pos = self.param("pos_embedding", param_init(nn.initializers.normal(0.02), "length", "embed"),
                      (self.max_len, self.width))
     x = constrain(x + pos[:length].astype(x.dtype), "batch", "length", None)
     # GPT-2 scales the residual-branch output projections by 1/sqrt(2 * depth).
     out_init = nn.initializers.normal(0.02 / math.sqrt(2 * self.depth))
-    block = functools.partial(Block, self.num_heads, self.mlp_ratio, self.norm, self.attention_kind,
-                              self.attention_impl, self.causal, self.dtype, out_init)
+    block = functools.partial(Block, self.num_heads, self.mlp_ratio, self.norm,
+                              dict(self.attention or {}),
+                              self.causal, self.max_len, self.dtype, out_init)
     for i in range(self.depth):
-      x = block(name=f"block_{i}")(x)
+      x = block(name=f"block_{i}")(x, mask, segment_ids)
     return make_norm(self.norm, "norm_final")(x)

@@ -22,8 +22,9 @@ def init_state(rng, *, model, inputs, tx) -> TrainState:
 
 def train_step(state: TrainState, batch, *, loss_fn: Callable, tx: optax.GradientTransformation,
                schedule: optax.Schedule):
-  """One AdamW update. `loss_fn(params, batch) -> (loss, aux_metrics)`."""
-  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+  """One AdamW update. `loss_fn(params, batch, step) -> (loss, aux_metrics)`; the step lets a
+  model derive per-step randomness (e.g. Performer's feature redraws) purely."""
+  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, state.step)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),

@@ -52,7 +52,7 @@ class Experiment:
   abstract_state: step_lib.TrainState   # ShapeDtypeStructs carrying their shardings
   init: Callable         # () -> sharded initial TrainState, a function of config.seed
   train_step: Callable   # state -> (state, metrics): samples the step's batch, updates; donates
-  eval_step: Callable    # params -> held-out metrics (the task's eval_step, jitted)
+  eval_step: Callable    # (params, step) -> held-out metrics (the task's eval_step, jitted)
 
   @contextlib.contextmanager
   def activate(self):
@@ -192,7 +192,7 @@ def _train_loop(exp, state, start, manager, writer):
       pending = (done, metrics)
       bar.update(1)
       if done % config.eval_every_steps == 0:
-        writer.write(done, "eval", jax.device_get(exp.eval_step(state.params)))
+        writer.write(done, "eval", jax.device_get(exp.eval_step(state.params, state.step)))
       if done % config.checkpoint.every_steps == 0 or done == config.num_steps or sigterm.requested:
         record(*pending)  # a checkpoint is written only after its step's loss is known finite
         pending = None

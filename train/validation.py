@@ -9,6 +9,7 @@ import tempfile
 
 import jax
 
+from substrax.models import attention
 from substrax.models.sharding import MESH_AXES
 
 
@@ -68,6 +69,18 @@ def check_trainer(config, n_devices: int):
           f"{config.batch_size} does not divide across {data_shards} data shards "
           f"(mesh data x fsdp = {shape[0]} x {shape[1]})")
   return shape
+
+
+def check_attention(a, key: str = "model.attention"):
+  """The attention block of a model config (see configs.common.attention_config)."""
+  require(a.kind in attention.KINDS, f"{key}.kind",
+          f"unknown kind {a.kind!r}; choose one of {', '.join(attention.KINDS)}")
+  impls = attention.SUPPORTED_IMPLS[a.kind]
+  require(a.impl in impls, f"{key}.impl",
+          f"kind {a.kind!r} has no impl {a.impl!r}; choose one of {', '.join(impls)}")
+  for name in ("window", "num_features", "low_rank"):
+    require(a[name] > 0, f"{key}.{name}", f"must be positive, got {a[name]}")
+  require(a.redraw_every >= 0, f"{key}.redraw_every", f"must be >= 0, got {a.redraw_every}")
 
 
 def check_workdir(workdir: str):

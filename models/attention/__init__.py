@@ -1,54 +1,77 @@
 """Attention: one linen layer whose `kind` picks the substrate and `impl` the implementation.
 
 All tensors are [batch, length, heads, head_dim], the layout of jax.nn.dot_product_attention.
+Each kind's plain quadratic form is in `reference`; the fast forms live in softmax.py (softmax,
+local), linear.py (linear, performer, cosformer, lsa), linformer.py and combiner.py.
 """
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from substrax.models.attention.combiner import combiner_attention
+from substrax.models.attention.linear import (cosformer_features, elu_features, linear_attention,
+                                              orthogonal_features, performer_features)
+from substrax.models.attention.linformer import linformer_attention
+from substrax.models.attention.softmax import local_attention, softmax_attention
 from substrax.models.sharding import constrain, param_init
 
-KINDS = ("softmax",)
-IMPLS = ("auto", "xla", "cudnn")
+# Which implementations each kind has. 'auto' picks per backend (see each function's docstring).
+SUPPORTED_IMPLS = {
+    "softmax": ("auto", "xla", "cudnn", "pallas"),
+    "linear": ("auto", "xla", "pallas"),
+    "performer": ("auto", "xla", "pallas"),
+    "cosformer": ("auto", "xla", "pallas"),
+    "linformer": ("auto", "xla"),
+    "local": ("auto", "xla", "cudnn"),
+    "combiner": ("auto", "xla"),
+    "lsa": ("auto", "xla"),
+}
+KINDS = tuple(SUPPORTED_IMPLS)
+IMPLS = ("auto", "xla", "cudnn", "pallas")
+FEATURE_MAPS = {"linear": elu_features, "cosformer": cosformer_features}
 
 
-def _xla_softmax_attention(q, k, v, *, causal: bool):
-  # Plain einsums: at short lengths on CPU this beats jax.nn.dot_product_attention's XLA path.
-  length = q.shape[1]
-  scores = jnp.einsum("bqhd,bkhd->bhqk", q * (q.shape[-1] ** -0.5), k).astype(jnp.float32)
-  if causal:
-    scores = scores + jnp.where(jnp.tril(jnp.ones((length, length), bool)), 0.0, -1e30)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+def layer_kwargs(config) -> dict:
+  """Attention keyword arguments from a model.attention config block (configs.common)."""
+  return {k: config[k] for k in ("kind", "impl", "window", "num_features", "low_rank")}
 
 
-def softmax_attention(q, k, v, *, causal: bool, impl: str = "auto"):
-  """Scaled dot-product attention; the softmax runs in float32.
-
-  impl: 'xla' plain einsums; 'cudnn' jax.nn.dot_product_attention's cuDNN kernel; 'auto' picks
-  'xla' on CPU and lets jax.nn.dot_product_attention choose (cuDNN where supported) elsewhere.
-  """
-  if impl == "xla" or (impl == "auto" and jax.default_backend() == "cpu"):
-    return _xla_softmax_attention(q, k, v, causal=causal)
-  return jax.nn.dot_product_attention(q, k, v, is_causal=causal,
-                                      implementation="cudnn" if impl == "cudnn" else None)
-
-
-ATTENTION_FNS = {"softmax": softmax_attention}
+def feature_rngs(key, step, redraw_every: int):
+  """The 'features' RNG for step `step`: Performer redraws its random features every
+  `redraw_every` steps (0 = never), as a pure function of the step so resumes are exact."""
+  draw = step // redraw_every if redraw_every else 0
+  return {"features": jax.random.fold_in(key, draw)}
 
 
 class Attention(nn.Module):
-  """Multi-head attention with fused Q/K/V and output projections."""
+  """Multi-head attention with fused Q/K/V and output projections.
+
+  Per-kind settings: `window` (local), `num_features` (performer), `low_rank` and `max_len`
+  (linformer's projections span max_len positions). Performer draws its features from the
+  'features' RNG stream (see feature_rngs), or from a fixed key when none is given.
+  """
   num_heads: int
   kind: str = "softmax"
   impl: str = "auto"
   causal: bool = True
+  window: int = 16
+  num_features: int = 64
+  low_rank: int = 16
+  max_len: int | None = None
   dtype: jnp.dtype = jnp.float32
   kernel_init: nn.initializers.Initializer = nn.initializers.normal(0.02)
   out_init: nn.initializers.Initializer = nn.initializers.normal(0.02)
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, mask=None, segment_ids=None):
+    """x [batch, length, width]; mask [batch, length] True for real tokens; segment_ids
+    [batch, length] (softmax only): tokens attend within their segment."""
+    if self.impl not in SUPPORTED_IMPLS.get(self.kind, ()):
+      raise ValueError(f"attention: kind {self.kind!r} has no impl {self.impl!r}; "
+                       f"choose kind from {KINDS} and impl from {SUPPORTED_IMPLS.get(self.kind)}")
+    if segment_ids is not None and self.kind != "softmax":
+      raise ValueError(f"attention: segment_ids are supported by kind 'softmax' only, "
+                       f"not {self.kind!r}")
     width = x.shape[-1]
     head_dim = width // self.num_heads
     # Explicit params, not DenseGeneral: its kernel init flattens to 2-D, which breaks 4-D
@@ -59,8 +82,55 @@ class Attention(nn.Module):
                        (3, self.num_heads, head_dim))
     qkv = jnp.einsum("ble,ethd->blthd", x, w_qkv.astype(self.dtype)) + b_qkv.astype(self.dtype)
     q, k, v = (constrain(qkv[:, :, i], "batch", "length", "heads", "kv") for i in range(3))
-    out = ATTENTION_FNS[self.kind](q, k, v, causal=self.causal, impl=self.impl)
+    out = self._core(q, k, v, mask, segment_ids).astype(self.dtype)
     w_out = self.param("out_kernel", param_init(self.out_init, "heads", "kv", "embed"),
                        (self.num_heads, head_dim, width))
     b_out = self.param("out_bias", param_init(nn.initializers.zeros, "embed"), (width,))
     return jnp.einsum("blhd,hde->ble", out, w_out.astype(self.dtype)) + b_out.astype(self.dtype)
+
+  def _core(self, q, k, v, mask, segment_ids):
+    """Creates the kind's own parameters or random features, then calls `attend`."""
+    extras = {}
+    head_dim = q.shape[-1]
+    if self.kind == "performer":
+      key = self.make_rng("features") if self.has_rng("features") else jax.random.key(0)
+      extras["omega"] = orthogonal_features(key, self.num_features, head_dim)
+    elif self.kind == "linformer":
+      length, max_len = q.shape[1], self.max_len or q.shape[1]
+      if length > max_len:
+        raise ValueError(f"linformer: length {length} exceeds max_len={max_len}")
+      init = param_init(nn.initializers.normal(max_len ** -0.5), "length", None)
+      extras["length_proj"] = tuple(
+          self.param(f"length_proj_{n}", init, (max_len, self.low_rank))[:length] for n in "kv")
+    elif self.kind == "combiner":
+      extras["summary_query"] = self.param(
+          "summary_query", param_init(nn.initializers.zeros, "heads", "kv"),
+          (self.num_heads, head_dim))
+    return attend(self.kind, q, k, v, causal=self.causal, impl=self.impl, mask=mask,
+                  segment_ids=segment_ids, window=self.window, **extras)
+
+
+def attend(kind, q, k, v, *, causal, impl="auto", mask=None, segment_ids=None, window=None,
+           omega=None, length_proj=None, summary_query=None):
+  """The attention core of every kind, as a pure function of [batch, length, heads, dim] inputs.
+
+  Kind-specific inputs: window (local), omega [features, dim] (performer), length_proj = (E, F),
+  each [length, r] (linformer), summary_query [heads, dim] (combiner).
+  """
+  if kind == "softmax":
+    return softmax_attention(q, k, v, causal=causal, mask=mask, segment_ids=segment_ids,
+                             impl=impl)
+  if kind == "local":
+    return local_attention(q, k, v, window=window, causal=causal, mask=mask, impl=impl)
+  if kind == "linformer":
+    return linformer_attention(q, k, v, *length_proj, causal=causal, mask=mask)
+  if kind == "combiner":
+    return combiner_attention(q, k, v, summary_query, causal=causal, mask=mask)
+  if kind == "performer":
+    q, k = (performer_features(t, omega, is_query=is_q, causal=causal, mask=mask)
+            for t, is_q in ((q, True), (k, False)))
+  elif kind in FEATURE_MAPS:
+    q, k = FEATURE_MAPS[kind](q), FEATURE_MAPS[kind](k)
+  elif kind != "lsa":
+    raise ValueError(f"attention: unknown kind {kind!r}; choose one of {KINDS}")
+  return linear_attention(q, k, v, causal=causal, mask=mask, normalize=kind != "lsa", impl=impl)

@@ -19,8 +19,8 @@ class Task:
   init_inputs: tuple           # example inputs for model.init (shapes matter, values do not)
   sample_batch: Callable       # (key, step) -> global batch, jittable
   batch_axes: Any              # logical axis names per batch leaf, e.g. ("batch", None, None)
-  loss_fn: Callable            # (params, batch) -> (loss, aux metrics)
-  eval_step: Callable          # params -> scalar metrics on a fixed held-out batch, jittable
+  loss_fn: Callable            # (params, batch, step) -> (loss, aux metrics)
+  eval_step: Callable          # (params, step) -> scalar metrics on a fixed held-out batch
   evaluate: Callable           # (params, workdir, step) -> summary; writes eval/*.json and *.png
 
 

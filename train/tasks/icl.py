@@ -11,7 +11,7 @@ from substrax.models import attention, baselines, transformer
 from substrax.models.icl import ICLTransformer
 from substrax.train import reporting
 from substrax.train.tasks import Task
-from substrax.train.validation import require
+from substrax.train.validation import check_attention, require
 
 DTYPES = ("float32", "bfloat16")
 
@@ -44,10 +44,7 @@ def validate(config):
   require(m.norm in transformer.NORMS, "model.norm",
           f"unknown norm {m.norm!r}; choose one of {', '.join(transformer.NORMS)}")
   require(m.dtype in DTYPES, "model.dtype", f"unknown dtype {m.dtype!r}; choose one of {DTYPES}")
-  require(m.attention.kind in attention.KINDS, "model.attention.kind",
-          f"unknown kind {m.attention.kind!r}; choose one of {', '.join(attention.KINDS)}")
-  require(m.attention.impl in attention.IMPLS, "model.attention.impl",
-          f"unknown impl {m.attention.impl!r}; choose one of {', '.join(attention.IMPLS)}")
+  check_attention(m.attention)
   e = config.eval
   require(e.num_prompts > 0 and e.batch_size > 0, "eval.num_prompts/batch_size",
           f"must be positive, got {e.num_prompts}, {e.batch_size}")
@@ -58,8 +55,8 @@ def make_model(config) -> ICLTransformer:
   m = config.model
   return ICLTransformer(
       n_points=config.data.n_points, width=m.width, depth=m.depth, num_heads=m.num_heads,
-      mlp_ratio=m.mlp_ratio, norm=m.norm, attention_kind=m.attention.kind,
-      attention_impl=m.attention.impl, dtype=jnp.dtype(m.dtype))
+      mlp_ratio=m.mlp_ratio, norm=m.norm, attention=attention.layer_kwargs(m.attention),
+      dtype=jnp.dtype(m.dtype))
 
 
 def pointwise_loss(spec: icl_data.Spec, preds, ys):
@@ -89,15 +86,21 @@ def build(config) -> Task:
     batch["weights"] = jnp.broadcast_to(jnp.arange(n) < points, (config.batch_size, n))
     return batch
 
-  def loss_fn(params, batch):
-    preds = model.apply({"params": params}, batch["xs"], batch["ys"])
+  feature_key = jax.random.fold_in(jax.random.key(config.seed), 2)
+
+  def predict(params, step, xs, ys):
+    rngs = attention.feature_rngs(feature_key, step, config.model.attention.redraw_every)
+    return model.apply({"params": params}, xs, ys, rngs=rngs)
+
+  def loss_fn(params, batch, step):
+    preds = predict(params, step, batch["xs"], batch["ys"])
     w = batch["weights"].astype(jnp.float32)
     return jnp.sum(pointwise_loss(spec, preds, batch["ys"]) * w) / jnp.sum(w), {}
 
   eval_prompts = icl_data.sample(spec, jax.random.key(e.seed), min(e.num_prompts, 512))
 
-  def eval_step(params):
-    preds = model.apply({"params": params}, eval_prompts["xs"], eval_prompts["ys"])
+  def eval_step(params, step):
+    preds = predict(params, step, eval_prompts["xs"], eval_prompts["ys"])
     err = pointwise_error(spec, preds, eval_prompts["ys"]).mean(0)
     return {"loss": pointwise_loss(spec, preds, eval_prompts["ys"]).mean(),
             f"error_k{n - 1}": err[-1], f"error_k{d}": err[min(d, n - 1)]}
@@ -109,7 +112,8 @@ def build(config) -> Task:
       return pointwise_error(spec, predict(params, prompts["xs"], prompts["ys"]), prompts["ys"])
     return jax.jit(errors)
 
-  predictors = {"transformer": lambda params, xs, ys: model.apply({"params": params}, xs, ys)}
+  # The transformer's "params" are (params, step): the step picks Performer's feature draw.
+  predictors = {"transformer": lambda params_step, xs, ys: predict(*params_step, xs, ys)}
   predictors.update({
       name: lambda _, xs, ys, fn=fn: fn(xs, ys) for name, fn in baselines.baseline_fns(
           ridge_alpha=e.ridge_alpha, lasso_alpha=e.lasso_alpha, knn_k=e.knn_k,
@@ -118,7 +122,8 @@ def build(config) -> Task:
 
   def evaluate(params, workdir, step):
     return evaluate_prompts(
-        config, spec, {name: functools.partial(fn, params=params if name == "transformer" else None)
+        config, spec, {name: functools.partial(fn, params=(params, step) if name == "transformer"
+                                               else None)
                        for name, fn in error_fns.items()}, workdir, step)
 
   zeros = jnp.zeros((1, n, d))

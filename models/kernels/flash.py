@@ -1,0 +1,373 @@
+"""Pallas flash (softmax) attention: online-softmax forward and FlashAttention-2 backward.
+
+`flash_attention` takes [batch, length, heads, head_dim] like the reference and works inside on
+[batch, heads, padded_length, padded_head_dim], so that one kernel source serves the HLO
+interpreter (CPU), Triton (GPU) and Mosaic (TPU):
+
+- forward, grid (batch, heads, query blocks): each program keeps a running max, running sum and
+  fp32 accumulator over key blocks and writes the output block and its per-row logsumexp;
+- backward, a `jax.custom_vjp` that recomputes the probabilities from the logsumexp:
+  delta = rowsum(o * do) in jnp, one kernel for dk/dv (grid over key blocks, loop over query
+  blocks) and one for dq (grid over query blocks, loop over key blocks).
+
+Causal attention skips the blocks above the diagonal in all three kernels, and only the blocks
+that straddle the diagonal, the key tail or a segment boundary evaluate the mask.
+
+Layout choices made for the compiled backends: lengths are padded to a block multiple and head
+dims to a power of two (>= 16, the smallest Triton dot); every block's last two dims are either
+full array dims or (block, 1) columns, and vectors that a loop walks along (logsumexp, delta and
+segment ids on the looped side) are stored as rows [n_blocks, 1, block] indexed on the leading
+axis, which is what Mosaic TPU accepts for dynamic indexing. Keys and values of one (batch, head)
+are whole blocks, so on TPU they must fit in VMEM.
+"""
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import pallas as pl
+
+# Finite stand-in for -inf: exp(MASK - m) is exactly 0 for any real row max m, and a row that
+# has seen only masked keys yet stays finite (its sum is a count, not 0), so nothing turns NaN.
+MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+MAX_HEAD_DIM = 256
+MIN_BLOCK = 16  # Triton dots need every operand dim >= 16.
+
+
+@dataclasses.dataclass(frozen=True)
+class _Static:
+  """Everything the kernels specialise on; hashable, so it can be a custom_vjp nondiff arg."""
+  causal: bool
+  sm_scale: float
+  block_q: int
+  block_k: int
+  length: int  # real (unpadded) sequence length
+  interpret: Any
+
+
+def _next_pow2(n):
+  return 1 << max(0, int(n) - 1).bit_length()
+
+
+def _default_block(length, head_dim_padded):
+  # 128 fills a tensor-core tile; 256-wide heads halve it to bound registers / VMEM; short
+  # sequences use the smallest power of two that covers them.
+  cap = 64 if head_dim_padded >= 256 else 128
+  return min(cap, max(MIN_BLOCK, _next_pow2(length)))
+
+
+def _resolve_interpret(interpret):
+  if interpret is None:
+    return jax.default_backend() == "cpu"
+  return interpret
+
+
+def _compiler_params(st, head_dim_padded):
+  if st.interpret is not False:
+    return None
+  backend = jax.default_backend()
+  if backend == "gpu":
+    # jax >= 0.10 lowers a bare pallas_call with Mosaic GPU; Triton params select Triton.
+    from jax.experimental.pallas import triton as pltriton
+    return pltriton.CompilerParams(num_warps=4 if head_dim_padded <= 64 else 8, num_stages=2)
+  if backend == "tpu":
+    from jax.experimental.pallas import tpu as pltpu
+    return pltpu.CompilerParams(dimension_semantics=("parallel",) * 3)
+  return None
+
+
+def _dot(a, b):
+  return jax.lax.dot_general(a, b, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32,
+                             precision=jax.lax.Precision.HIGHEST)
+
+
+def _dot_nt(a, b):
+  """a @ b.T without materialising the transpose."""
+  return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32,
+                             precision=jax.lax.Precision.HIGHEST)
+
+
+def _allowed(st, q_pos, k_pos, q_seg, k_seg):
+  """Boolean mask from broadcastable query/key positions and segment ids (None: no segments)."""
+  ok = k_pos < st.length
+  if st.causal:
+    ok = ok & (q_pos >= k_pos)
+  if q_seg is not None:
+    ok = ok & (q_seg == k_seg)
+  return ok
+
+
+def _key_loop_bounds(st, i, has_segments):
+  """For query block i: key blocks [0, mid) need no mask, [mid, hi) need one, the rest are
+  skipped (beyond the diagonal when causal, or wholly padding)."""
+  bq, bk, n = st.block_q, st.block_k, st.length
+  hi = pl.cdiv(n, bk)
+  mid = n // bk
+  if st.causal:
+    hi = jnp.minimum(pl.cdiv((i + 1) * bq, bk), hi)
+    mid = jnp.minimum(jax.lax.div(i * bq, bk), mid)
+  if has_segments:
+    mid = 0
+  return mid, hi
+
+
+def _query_loop_bounds(st, j, has_segments):
+  """For key block j: query blocks [lo, mid) need a mask, [mid, hi) need none; those before lo
+  (above the diagonal when causal) and wholly padded ones are skipped."""
+  bq, bk, n = st.block_q, st.block_k, st.length
+  hi = pl.cdiv(n, bq)
+  lo = jax.lax.div(j * bk, bq) if st.causal else 0
+  if has_segments:
+    return lo, hi, hi
+  first_full = pl.cdiv((j + 1) * bk, bq) if st.causal else lo
+  # A key block holding padded keys needs the mask for every query block.
+  first_full = jnp.where((j + 1) * bk > n, hi, first_full)
+  mid = jnp.clip(first_full, lo, hi)
+  return lo, mid, hi
+
+
+def _split(refs, n_main, has_segments):
+  """(main input refs, blocked-side seg ref, looped-side seg ref, output refs)."""
+  if has_segments:
+    return refs[:n_main], refs[n_main], refs[n_main + 1], refs[n_main + 2:]
+  return refs[:n_main], None, None, refs[n_main:]
+
+
+def _fwd_kernel(*refs, st, has_segments):
+  (q_ref, k_ref, v_ref), qseg_ref, kseg_ref, (o_ref, lse_ref) = _split(refs, 3, has_segments)
+  bq, bk = st.block_q, st.block_k
+  i = pl.program_id(2)
+  q = q_ref[...]
+  q_seg = None if qseg_ref is None else qseg_ref[...]  # (bq, 1)
+
+  def body(j, carry, masked):
+    m, l, acc = carry
+    start = pl.multiple_of(j * bk, bk)
+    k = k_ref[pl.ds(start, bk), :]
+    v = v_ref[pl.ds(start, bk), :]
+    s = _dot_nt(q, k) * st.sm_scale
+    if masked:
+      q_pos = i * bq + jax.lax.broadcasted_iota(jnp.int32, (bq, bk), 0)
+      k_pos = start + jax.lax.broadcasted_iota(jnp.int32, (bq, bk), 1)
+      k_seg = None if kseg_ref is None else kseg_ref[j]  # (1, bk)
+      s = jnp.where(_allowed(st, q_pos, k_pos, q_seg, k_seg), s, MASK_VALUE)
+    m_new = jnp.maximum(m, jnp.max(s, axis=1, keepdims=True))
+    p = jnp.exp(s - m_new)
+    alpha = jnp.exp(m - m_new)
+    l = alpha * l + jnp.sum(p, axis=1, keepdims=True)
+    acc = alpha * acc + _dot(p.astype(v.dtype), v)
+    return m_new, l, acc
+
+  mid, hi = _key_loop_bounds(st, i, has_segments)
+  carry = (jnp.full((bq, 1), MASK_VALUE, jnp.float32), jnp.zeros((bq, 1), jnp.float32),
+           jnp.zeros(q.shape, jnp.float32))
+  carry = jax.lax.fori_loop(0, mid, functools.partial(body, masked=False), carry)
+  m, l, acc = jax.lax.fori_loop(mid, hi, functools.partial(body, masked=True), carry)
+  # l >= 1: the row max itself contributes exp(0).
+  o_ref[...] = (acc / l).astype(o_ref.dtype)
+  lse_ref[...] = m + jnp.log(l)
+
+
+def _dq_kernel(*refs, st, has_segments):
+  (q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref), qseg_ref, kseg_ref, (dq_ref,) = _split(
+      refs, 6, has_segments)
+  bq, bk = st.block_q, st.block_k
+  i = pl.program_id(2)
+  q, do = q_ref[...], do_ref[...]
+  lse, delta = lse_ref[...], delta_ref[...]  # (bq, 1)
+  q_seg = None if qseg_ref is None else qseg_ref[...]
+
+  def body(j, dq, masked):
+    start = pl.multiple_of(j * bk, bk)
+    k = k_ref[pl.ds(start, bk), :]
+    v = v_ref[pl.ds(start, bk), :]
+    s = _dot_nt(q, k) * st.sm_scale
+    if masked:
+      q_pos = i * bq + jax.lax.broadcasted_iota(jnp.int32, (bq, bk), 0)
+      k_pos = start + jax.lax.broadcasted_iota(jnp.int32, (bq, bk), 1)
+      k_seg = None if kseg_ref is None else kseg_ref[j]
+      s = jnp.where(_allowed(st, q_pos, k_pos, q_seg, k_seg), s, MASK_VALUE)
+    p = jnp.exp(s - lse)
+    ds = p * (_dot_nt(do, v) - delta)
+    return dq + _dot(ds.astype(k.dtype), k)
+
+  mid, hi = _key_loop_bounds(st, i, has_segments)
+  dq = jnp.zeros(q.shape, jnp.float32)
+  dq = jax.lax.fori_loop(0, mid, functools.partial(body, masked=False), dq)
+  dq = jax.lax.fori_loop(mid, hi, functools.partial(body, masked=True), dq)
+  dq_ref[...] = (dq * st.sm_scale).astype(dq_ref.dtype)
+
+
+def _dkdv_kernel(*refs, st, has_segments):
+  # Works on the transposed scores sT = k q^T [bk, bq], so that every dot is a @ b or a @ b.T
+  # and the query-side vectors are rows.
+  (q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref), kseg_ref, qseg_ref, (dk_ref, dv_ref) = (
+      _split(refs, 6, has_segments))
+  bq, bk = st.block_q, st.block_k
+  j = pl.program_id(2)
+  k, v = k_ref[...], v_ref[...]
+  k_seg = None if kseg_ref is None else kseg_ref[...]  # (bk, 1)
+
+  def body(i, carry, masked):
+    dk, dv = carry
+    start = pl.multiple_of(i * bq, bq)
+    q = q_ref[pl.ds(start, bq), :]
+    do = do_ref[pl.ds(start, bq), :]
+    s_t = _dot_nt(k, q) * st.sm_scale
+    if masked:
+      k_pos = j * bk + jax.lax.broadcasted_iota(jnp.int32, (bk, bq), 0)
+      q_pos = start + jax.lax.broadcasted_iota(jnp.int32, (bk, bq), 1)
+      q_seg = None if qseg_ref is None else qseg_ref[i]  # (1, bq)
+      s_t = jnp.where(_allowed(st, q_pos, k_pos, q_seg, k_seg), s_t, MASK_VALUE)
+    p_t = jnp.exp(s_t - lse_ref[i])
+    dv = dv + _dot(p_t.astype(do.dtype), do)
+    ds_t = p_t * (_dot_nt(v, do) - delta_ref[i])
+    dk = dk + _dot(ds_t.astype(q.dtype), q)
+    return dk, dv
+
+  lo, mid, hi = _query_loop_bounds(st, j, has_segments)
+  carry = (jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32))
+  carry = jax.lax.fori_loop(lo, mid, functools.partial(body, masked=True), carry)
+  dk, dv = jax.lax.fori_loop(mid, hi, functools.partial(body, masked=False), carry)
+  dk_ref[...] = (dk * st.sm_scale).astype(dk_ref.dtype)
+  dv_ref[...] = dv.astype(dv_ref.dtype)
+
+
+# BlockSpec helpers; arrays are [B, H, Lp, Dp], vectors [B, H, Lp, 1] (columns) or
+# [B, H, n, 1, block] (rows), segment ids [B, Lp, 1] or [B, n, 1, block].
+def _blocked(block, dp):
+  return pl.BlockSpec((None, None, block, dp), lambda b, h, x: (b, h, x, 0))
+
+
+def _whole(lp, dp):
+  return pl.BlockSpec((None, None, lp, dp), lambda b, h, x: (b, h, 0, 0))
+
+
+def _rows(x, block):
+  """[..., Lp] -> [..., Lp // block, 1, block]."""
+  return x.reshape(*x.shape[:-1], x.shape[-1] // block, 1, block)
+
+
+def _segment_specs(seg, blocked_size, looped_size):
+  """Inputs and specs for the blocked side (column) and the looped side (rows)."""
+  b, lp = seg.shape
+  n = lp // looped_size
+  return ([seg[..., None], _rows(seg, looped_size)],
+          [pl.BlockSpec((None, blocked_size, 1), lambda b_, h, x: (b_, x, 0)),
+           pl.BlockSpec((None, n, 1, looped_size), lambda b_, h, x: (b_, 0, 0, 0))])
+
+
+def _call(kernel, st, grid, inputs, in_specs, out_specs, out_shape, seg, blocked, looped):
+  has_segments = seg is not None
+  if has_segments:
+    seg_inputs, seg_specs = _segment_specs(seg, blocked, looped)
+    inputs, in_specs = [*inputs, *seg_inputs], [*in_specs, *seg_specs]
+  return pl.pallas_call(
+      functools.partial(kernel, st=st, has_segments=has_segments), grid=grid,
+      in_specs=in_specs, out_specs=out_specs, out_shape=out_shape, interpret=st.interpret,
+      compiler_params=_compiler_params(st, inputs[0].shape[-1]))(*inputs)
+
+
+def _forward(st, q, k, v, seg):
+  b, h, lp, dp = q.shape
+  bq = st.block_q
+  return _call(
+      _fwd_kernel, st, (b, h, lp // bq), [q, k, v],
+      [_blocked(bq, dp), _whole(lp, dp), _whole(lp, dp)],
+      [_blocked(bq, dp), _blocked(bq, 1)],
+      [jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, h, lp, 1), jnp.float32)],
+      seg, bq, st.block_k)
+
+
+def _backward(st, q, k, v, seg, o, lse, do):
+  b, h, lp, dp = q.shape
+  bq, bk = st.block_q, st.block_k
+  delta = jnp.sum(o.astype(jnp.float32) * do.astype(jnp.float32), axis=-1, keepdims=True)
+  dq = _call(
+      _dq_kernel, st, (b, h, lp // bq), [q, k, v, do, lse, delta],
+      [_blocked(bq, dp), _whole(lp, dp), _whole(lp, dp), _blocked(bq, dp), _blocked(bq, 1),
+       _blocked(bq, 1)],
+      _blocked(bq, dp), jax.ShapeDtypeStruct(q.shape, q.dtype), seg, bq, bk)
+  nq = lp // bq
+  rows = pl.BlockSpec((None, None, nq, 1, bq), lambda b_, h_, x: (b_, h_, 0, 0, 0))
+  dk, dv = _call(
+      _dkdv_kernel, st, (b, h, lp // bk),
+      [q, k, v, do, _rows(lse[..., 0], bq), _rows(delta[..., 0], bq)],
+      [_whole(lp, dp), _blocked(bk, dp), _blocked(bk, dp), _whole(lp, dp), rows, rows],
+      [_blocked(bk, dp), _blocked(bk, dp)],
+      [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
+      seg, bk, bq)
+  return dq, dk, dv
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _flash(st, q, k, v, seg):
+  return _forward(st, q, k, v, seg)[0]
+
+
+def _flash_fwd(st, q, k, v, seg):
+  o, lse = _forward(st, q, k, v, seg)
+  return o, (q, k, v, seg, o, lse)
+
+
+def _flash_bwd(st, residuals, do):
+  dq, dk, dv = _backward(st, *residuals, do)
+  return dq, dk, dv, None
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+def _check_block(name, value):
+  if not isinstance(value, (int, np.integer)) or value < MIN_BLOCK or value & (value - 1):
+    raise ValueError(f"flash_attention: {name} must be a power of two >= {MIN_BLOCK}, "
+                     f"got {value!r}")
+  return int(value)
+
+
+def flash_attention(q, k, v, *, causal=False, sm_scale=None, segment_ids=None,
+                    block_q=None, block_k=None, interpret=None):
+  """softmax(q k^T * sm_scale) v over [batch, length, heads, head_dim], in q.dtype.
+
+  sm_scale defaults to head_dim ** -0.5. segment_ids: optional int [batch, length]; a query
+  attends only to keys with the same id. block_q / block_k: powers of two >= 16 (default: 128,
+  64 for head dims above 128, less for short sequences). interpret: None (interpret mode on CPU,
+  compiled elsewhere), True, False, or an interpret-params object such as
+  `pltpu.InterpretParams()`, passed to pallas_call. Differentiable in q, k and v.
+  """
+  if q.ndim != 4 or q.shape != k.shape or q.shape != v.shape:
+    raise ValueError("flash_attention: q, k, v must share one shape [batch, length, heads, "
+                     f"head_dim], got {q.shape}, {k.shape}, {v.shape}")
+  if not (q.dtype == k.dtype == v.dtype) or not jnp.issubdtype(q.dtype, jnp.floating):
+    raise ValueError("flash_attention: q, k, v must share one floating dtype, got "
+                     f"{q.dtype}, {k.dtype}, {v.dtype}")
+  batch, length, heads, head_dim = q.shape
+  if head_dim > MAX_HEAD_DIM:
+    raise ValueError(f"flash_attention: head_dim must be <= {MAX_HEAD_DIM}, got {head_dim}")
+  if segment_ids is not None and (segment_ids.shape != (batch, length)
+                                  or not jnp.issubdtype(segment_ids.dtype, jnp.integer)):
+    raise ValueError(f"flash_attention: segment_ids must be int [batch, length] = "
+                     f"{(batch, length)}, got {segment_ids.dtype}{list(segment_ids.shape)}")
+  dp = max(MIN_BLOCK, _next_pow2(head_dim))
+  bq = _check_block("block_q", _default_block(length, dp) if block_q is None else block_q)
+  bk = _check_block("block_k", _default_block(length, dp) if block_k is None else block_k)
+  if q.size == 0:
+    return jnp.zeros_like(q)
+  st = _Static(causal=bool(causal),
+               sm_scale=float(head_dim ** -0.5 if sm_scale is None else sm_scale),
+               block_q=bq, block_k=bk, length=length,
+               interpret=_resolve_interpret(interpret))
+  lp = -(-length // max(bq, bk)) * max(bq, bk)
+
+  def prep(x):  # [B, L, H, D] -> [B, H, Lp, Dp], zero padded
+    return jnp.pad(x.transpose(0, 2, 1, 3),
+                   ((0, 0), (0, 0), (0, lp - length), (0, dp - head_dim)))
+
+  seg = None
+  if segment_ids is not None:
+    # Padded positions are excluded by position, so their id does not matter.
+    seg = jnp.pad(segment_ids.astype(jnp.int32), ((0, 0), (0, lp - length)))
+  out = _flash(st, prep(q), prep(k), prep(v), seg)
+  return out[:, :, :length, :head_dim].transpose(0, 2, 1, 3)

@@ -1,0 +1,42 @@
+"""Plain jax.numpy definitions of the two kernels: what the Pallas versions must reproduce.
+
+Layout [batch, length, heads, head_dim]. Both compute in float32 and return the input dtype.
+"""
+import jax
+import jax.numpy as jnp
+
+# Added to the linear-attention normaliser so that a query whose features are all zero (or a
+# padded query) yields 0 instead of 0/0. Shared by every implementation.
+LINEAR_EPS = 1e-6
+
+
+def flash_attention(q, k, v, *, causal=False, sm_scale=None, segment_ids=None):
+  """softmax(q k^T * sm_scale) v. segment_ids [batch, length] (int): a query attends only to keys
+  with the same id. Query and key lengths are equal."""
+  sm_scale = q.shape[-1] ** -0.5 if sm_scale is None else sm_scale
+  s = jnp.einsum("bqhd,bkhd->bhqk", q.astype(jnp.float32), k.astype(jnp.float32)) * sm_scale
+  length = q.shape[1]
+  allowed = jnp.ones((1, 1, length, length), bool)
+  if causal:
+    allowed = allowed & jnp.tril(jnp.ones((length, length), bool))
+  if segment_ids is not None:
+    allowed = allowed & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
+  s = jnp.where(allowed, s, -jnp.inf)
+  p = jax.nn.softmax(s, axis=-1)
+  return jnp.einsum("bhqk,bkhd->bqhd", p, v.astype(jnp.float32)).astype(q.dtype)
+
+
+def linear_attention(q, k, v, *, causal=True):
+  """Normalised linear attention on already feature-mapped (non-negative) q and k:
+
+    out_i = sum_j (q_i . k_j) v_j / (sum_j q_i . k_j + LINEAR_EPS),  j <= i when causal.
+
+  q, k: [batch, length, heads, d_k]; v: [batch, length, heads, d_v]. Written as the quadratic
+  form, the most direct statement of the definition.
+  """
+  a = jnp.einsum("bqhd,bkhd->bhqk", q.astype(jnp.float32), k.astype(jnp.float32))
+  if causal:
+    a = jnp.tril(a)
+  num = jnp.einsum("bhqk,bkhd->bqhd", a, v.astype(jnp.float32))
+  den = jnp.einsum("bhqk->bqh", a)[..., None]
+  return (num / (den + LINEAR_EPS)).astype(q.dtype)
