@@ -29,11 +29,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import pallas as pl
 
+from substrax.models.kernels.backend import (MIN_DIM, compiler_params, next_pow2,
+                                              resolve_interpret)
+
 # Finite stand-in for -inf: exp(MASK - m) is exactly 0 for any real row max m, and a row that
 # has seen only masked keys yet stays finite (its sum is a count, not 0), so nothing turns NaN.
 MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 MAX_HEAD_DIM = 256
-MIN_BLOCK = 16  # Triton dots need every operand dim >= 16.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,35 +49,11 @@ class _Static:
   interpret: Any
 
 
-def _next_pow2(n):
-  return 1 << max(0, int(n) - 1).bit_length()
-
-
 def _default_block(length, head_dim_padded):
   # 128 fills a tensor-core tile; 256-wide heads halve it to bound registers / VMEM; short
   # sequences use the smallest power of two that covers them.
   cap = 64 if head_dim_padded >= 256 else 128
-  return min(cap, max(MIN_BLOCK, _next_pow2(length)))
-
-
-def _resolve_interpret(interpret):
-  if interpret is None:
-    return jax.default_backend() == "cpu"
-  return interpret
-
-
-def _compiler_params(st, head_dim_padded):
-  if st.interpret is not False:
-    return None
-  backend = jax.default_backend()
-  if backend == "gpu":
-    # jax >= 0.10 lowers a bare pallas_call with Mosaic GPU; Triton params select Triton.
-    from jax.experimental.pallas import triton as pltriton
-    return pltriton.CompilerParams(num_warps=4 if head_dim_padded <= 64 else 8, num_stages=2)
-  if backend == "tpu":
-    from jax.experimental.pallas import tpu as pltpu
-    return pltpu.CompilerParams(dimension_semantics=("parallel",) * 3)
-  return None
+  return min(cap, max(MIN_DIM, next_pow2(length)))
 
 
 def _dot(a, b):
@@ -267,7 +245,8 @@ def _call(kernel, st, grid, inputs, in_specs, out_specs, out_shape, seg, blocked
   return pl.pallas_call(
       functools.partial(kernel, st=st, has_segments=has_segments), grid=grid,
       in_specs=in_specs, out_specs=out_specs, out_shape=out_shape, interpret=st.interpret,
-      compiler_params=_compiler_params(st, inputs[0].shape[-1]))(*inputs)
+      compiler_params=compiler_params(st.interpret, grid_rank=3,
+                                      num_warps=4 if inputs[0].shape[-1] <= 64 else 8))(*inputs)
 
 
 def _forward(st, q, k, v, seg):
@@ -321,8 +300,8 @@ _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
 def _check_block(name, value):
-  if not isinstance(value, (int, np.integer)) or value < MIN_BLOCK or value & (value - 1):
-    raise ValueError(f"flash_attention: {name} must be a power of two >= {MIN_BLOCK}, "
+  if not isinstance(value, (int, np.integer)) or value < MIN_DIM or value & (value - 1):
+    raise ValueError(f"flash_attention: {name} must be a power of two >= {MIN_DIM}, "
                      f"got {value!r}")
   return int(value)
 
@@ -350,7 +329,7 @@ def flash_attention(q, k, v, *, causal=False, sm_scale=None, segment_ids=None,
                                   or not jnp.issubdtype(segment_ids.dtype, jnp.integer)):
     raise ValueError(f"flash_attention: segment_ids must be int [batch, length] = "
                      f"{(batch, length)}, got {segment_ids.dtype}{list(segment_ids.shape)}")
-  dp = max(MIN_BLOCK, _next_pow2(head_dim))
+  dp = max(MIN_DIM, next_pow2(head_dim))
   bq = _check_block("block_q", _default_block(length, dp) if block_q is None else block_q)
   bk = _check_block("block_k", _default_block(length, dp) if block_k is None else block_k)
   if q.size == 0:
@@ -358,7 +337,7 @@ def flash_attention(q, k, v, *, causal=False, sm_scale=None, segment_ids=None,
   st = _Static(causal=bool(causal),
                sm_scale=float(head_dim ** -0.5 if sm_scale is None else sm_scale),
                block_q=bq, block_k=bk, length=length,
-               interpret=_resolve_interpret(interpret))
+               interpret=resolve_interpret(interpret))
   lp = -(-length // max(bq, bk)) * max(bq, bk)
 
   def prep(x):  # [B, L, H, D] -> [B, H, Lp, Dp], zero padded

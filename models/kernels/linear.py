@@ -25,16 +25,11 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import tpu as pltpu
 
-try:  # Deprecated upstream in favour of Mosaic GPU; if a later jax drops it, GPU gets the default.
-  from jax.experimental.pallas import triton as pltriton
-except ImportError:
-  pltriton = None
-
+from substrax.models.kernels.backend import (MIN_DIM, compiler_params, next_pow2,
+                                              resolve_interpret)
 from substrax.models.kernels.reference import LINEAR_EPS
 
-_MIN_DIM = 16  # Triton's dot needs every operand dim >= 16.
 _DEFAULT_CHUNK = 64
 
 
@@ -168,19 +163,6 @@ def _dkv_kernel(q_ref, k_ref, v_ref, o_ref, r_ref, g_ref, dk_ref, dv_ref, *, chu
   jax.lax.fori_loop(0, n, body, init)
 
 
-def _compiler_params(interpret):
-  """Parameters for a compiled call. GPU: Triton, since jax's default GPU backend (Mosaic GPU)
-  does not lower these kernels. TPU: the (batch, head) programs are independent."""
-  if interpret is not False:
-    return None
-  backend = jax.default_backend()
-  if backend == "gpu" and pltriton is not None:
-    return pltriton.CompilerParams(num_warps=4, num_stages=2)
-  if backend == "tpu":
-    return pltpu.CompilerParams(dimension_semantics=("parallel", "parallel"))
-  return None
-
-
 def _call(kernel, inputs, out_shapes, interpret):
   """One program per (batch, head); each block is a head's whole [length, dim] slice."""
   def spec(shape):
@@ -190,7 +172,7 @@ def _call(kernel, inputs, out_shapes, interpret):
       kernel, grid=(batch, heads),
       in_specs=[spec(x.shape) for x in inputs],
       out_specs=[spec(s.shape) for s in out_shapes],
-      out_shape=out_shapes, compiler_params=_compiler_params(interpret),
+      out_shape=out_shapes, compiler_params=compiler_params(interpret, grid_rank=2),
       interpret=interpret)(*inputs)
 
 
@@ -226,13 +208,9 @@ def _linear_bwd(causal, chunk, interpret, residuals, g):
 _linear.defvjp(_linear_fwd, _linear_bwd)
 
 
-def _next_pow2(n):
-  return 1 << max(n - 1, 0).bit_length()
-
-
 def default_chunk_size(length):
   """64 tokens, or the sequence rounded up to a power of two (at least 16) when it is shorter."""
-  return min(_DEFAULT_CHUNK, max(_MIN_DIM, _next_pow2(length)))
+  return min(_DEFAULT_CHUNK, max(MIN_DIM, next_pow2(length)))
 
 
 def linear_attention(q, k, v, *, causal=True, chunk_size=None, interpret=None):
@@ -249,18 +227,17 @@ def linear_attention(q, k, v, *, causal=True, chunk_size=None, interpret=None):
                      f"length, heads, d_v]; got q {q.shape}, k {k.shape}, v {v.shape}.")
   length = q.shape[1]
   chunk = default_chunk_size(length) if chunk_size is None else chunk_size
-  if not isinstance(chunk, int) or chunk < _MIN_DIM or chunk & (chunk - 1):
-    raise ValueError(f"chunk_size must be a power of two >= {_MIN_DIM} (GPU dot shapes); "
+  if not isinstance(chunk, int) or chunk < MIN_DIM or chunk & (chunk - 1):
+    raise ValueError(f"chunk_size must be a power of two >= {MIN_DIM} (GPU dot shapes); "
                      f"got {chunk_size!r}.")
-  if interpret is None:
-    interpret = jax.default_backend() == "cpu"
+  interpret = resolve_interpret(interpret)
 
   # [B, L, H, D] -> [B, H, L', D'] with zero padding: padded keys and values add nothing,
   # padded queries give 0 / eps = 0, and the slice below drops them (and their gradients).
   padded_len = pl.cdiv(length, chunk) * chunk
   def prep(x):
     dim = x.shape[-1]
-    pads = ((0, 0), (0, 0), (0, padded_len - length), (0, max(_MIN_DIM, _next_pow2(dim)) - dim))
+    pads = ((0, 0), (0, 0), (0, padded_len - length), (0, max(MIN_DIM, next_pow2(dim)) - dim))
     return jnp.pad(jnp.swapaxes(x, 1, 2), pads)
   out = _linear(prep(q), prep(k), prep(v), causal, chunk, interpret)
   return jnp.swapaxes(out[:, :, :length, :v.shape[-1]], 1, 2)
