@@ -111,6 +111,7 @@ def test_favor_error_falls_as_inverse_sqrt_features():
     approx = linear.linear_attention(qf, kf, v, causal=False, impl="xla")
     return jnp.linalg.norm(approx - exact) / jnp.linalg.norm(exact)
 
+  error = jax.jit(error, static_argnums=1)
   errs = np.array([np.mean([error(jax.random.key(s), int(m)) for s in range(8)]) for m in sizes])
   slope = np.polyfit(np.log(sizes), np.log(errs), 1)[0]
   assert np.all(np.diff(errs) < 0), errs
@@ -130,6 +131,24 @@ def test_local_with_full_window_is_softmax(causal):
   for window in (37, 100):
     ours = softmax.local_attention(q, k, v, window=window, causal=causal, impl="xla")
     assert rel_err(ours, reference.softmax(q, k, v, causal=causal)) <= 1e-5
+
+
+@pytest.mark.parametrize("kind", [k for k in attention.KINDS
+                                  if "pallas" in attention.SUPPORTED_IMPLS[k]])
+def test_pallas_impl_matches_xla_in_values_and_gradients(kind):
+  """The layer routed through the Pallas kernels (interpret mode here), padding mask included."""
+  x = jax.random.normal(jax.random.key(10), (2, 40, 32))
+  mask = jnp.ones((2, 40), bool).at[0, 30:].set(False).at[1, ::6].set(False)
+  for causal in (True, False):
+    outs = {}
+    for impl in ("xla", "pallas"):
+      module = attention.Attention(2, kind=kind, impl=impl, causal=causal, num_features=32)
+      params = module.init(jax.random.key(2), x)
+      loss = lambda p, x: jnp.sum(jnp.where(mask[..., None], module.apply(p, x, mask), 0.0) ** 2)
+      out = jnp.where(mask[..., None], module.apply(params, x, mask), 0.0)  # real tokens only
+      outs[impl] = (out, *jax.grad(loss, argnums=(0, 1))(params, x))
+    for ours, ref in zip(jax.tree.leaves(outs["pallas"]), jax.tree.leaves(outs["xla"])):
+      assert rel_err(ours, ref) <= 1e-5, (kind, causal)
 
 
 def test_unsupported_impl_and_segments_are_rejected():
