@@ -20,6 +20,11 @@ def write_json(path: str, payload: dict):
     json.dump(payload, f, indent=1)
 
 
+def read_json(path: str) -> dict:
+  with open(path) as f:
+    return json.load(f)
+
+
 def plot_curves(path: str, x, curves: dict, *, xlabel: str, ylabel: str, title: str,
                 highlight: str | None = None, ylim=None):
   """One line per entry of curves {name: {'mean': [...], 'ci95': [[lo, hi], ...]}} with bands."""
