@@ -11,7 +11,7 @@ writes summary.json and substrates.png (error curves, softmax highlighted) in --
 import os
 
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 from substrax.configs import icl_linear
 from substrax.models import attention
@@ -43,6 +43,7 @@ def run(kind: str) -> dict:
 
 
 def main(_):
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
   if "softmax" not in FLAGS.kinds:
     raise app.UsageError("--kinds must include softmax, the baseline of every ratio")
   results = {kind: run(kind) for kind in FLAGS.kinds}
