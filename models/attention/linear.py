@@ -82,28 +82,32 @@ def chunked_linear_attention(q, k, v, *, causal, normalize=True, chunk=CHUNK):
   """sum_j (q_i.k_j) v_j [/ (sum_j q_i.k_j + eps)] in float32, j <= i when causal.
 
   Causal: inside each chunk the masked quadratic form; across chunks the exclusive prefix sum of
-  the chunk states k^T v (so memory is O(L/chunk * d_k * d_v), never one state per token).
+  the chunk states k^T v (so memory is O(L/chunk * d_k * d_v), never one state per token). A
+  sequence that fits in one chunk is just the quadratic form.
   """
   q, k, v = (t.astype(jnp.float32) for t in (q, k, v))
-  if normalize:  # the normaliser is one more value channel
-    v = jnp.concatenate([v, jnp.ones(v.shape[:-1] + (1,), v.dtype)], axis=-1)
   if not causal:
-    out = jnp.einsum("blhd,bhde->blhe", q, jnp.einsum("blhd,blhe->bhde", k, v))
+    num = jnp.einsum("blhd,bhde->blhe", q, jnp.einsum("blhd,blhe->bhde", k, v))
+    den = jnp.einsum("blhd,bhd->blh", q, k.sum(1))
+  elif q.shape[1] <= chunk:  # one chunk: just the masked quadratic form
+    a = jnp.tril(jnp.einsum("bihd,bjhd->bhij", q, k))
+    num = jnp.einsum("bhij,bjhe->bihe", a, v)
+    den = jnp.einsum("bhij->bih", a)
   else:
     b, length, h, _ = q.shape
-    c = min(chunk, length)
-    n = -(-length // c)
-    pad = ((0, 0), (0, n * c - length), (0, 0), (0, 0))
-    qc, kc, vc = (jnp.pad(t, pad).reshape(b, n, c, h, t.shape[-1]) for t in (q, k, v))
-    a = jnp.einsum("bnihd,bnjhd->bnhij", qc, kc) * jnp.tril(jnp.ones((c, c), jnp.float32))
+    n = -(-length // chunk)
+    pad = ((0, 0), (0, n * chunk - length), (0, 0), (0, 0))
+    qc, kc, vc = (jnp.pad(t, pad).reshape(b, n, chunk, h, t.shape[-1]) for t in (q, k, v))
+    a = jnp.einsum("bnihd,bnjhd->bnhij", qc, kc) * jnp.tril(jnp.ones((chunk, chunk), jnp.float32))
     states = jnp.einsum("bnjhd,bnjhe->bnhde", kc, vc)
-    prev = jnp.cumsum(states, axis=1) - states
-    out = (jnp.einsum("bnhij,bnjhe->bnihe", a, vc)
-           + jnp.einsum("bnihd,bnhde->bnihe", qc, prev))
-    out = out.reshape(b, n * c, h, -1)[:, :length]
-  if normalize:
-    out = out[..., :-1] / (out[..., -1:] + LINEAR_EPS)
-  return out
+    sums = kc.sum(2)                                                  # [b, n, h, d_k]
+    num = (jnp.einsum("bnhij,bnjhe->bnihe", a, vc)
+           + jnp.einsum("bnihd,bnhde->bnihe", qc, jnp.cumsum(states, axis=1) - states))
+    den = (jnp.einsum("bnhij->bnih", a)
+           + jnp.einsum("bnihd,bnhd->bnih", qc, jnp.cumsum(sums, axis=1) - sums))
+    num = num.reshape(b, n * chunk, h, -1)[:, :length]
+    den = den.reshape(b, n * chunk, h)[:, :length]
+  return num / (den[..., None] + LINEAR_EPS) if normalize else num
 
 
 def linear_attention(q, k, v, *, causal, mask=None, normalize=True, impl="auto"):
