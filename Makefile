@@ -20,3 +20,4 @@ test: install
 
 bench: install
 	$(BIN)/python benchmarks/train_step.py
+	$(BIN)/python benchmarks/attention.py --batch=1 --heads=4
