@@ -73,6 +73,9 @@ BAD_CONFIGS = [
     ({"mesh_shape": (1, 1, 8)}, "attn.*dimension 2 does not divide"),  # 2 heads over 8 devices
     ({"task": "nope"}, "task"),
     ({"model.attention.kind": "nope"}, "model.attention.kind"),
+    ({"model.attention.kind": "performer", "model.attention.impl": "cudnn"},
+     "model.attention.impl"),
+    ({"model.attention.window": 0}, "model.attention.window"),
     ({"data.sparsity": 9}, "data.sparsity"),
     ({"optim.warmup_steps": 20}, "optim.warmup_steps"),
 ]
