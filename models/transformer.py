@@ -50,15 +50,17 @@ class Block(nn.Module):
   max_len: int
   dtype: jnp.dtype
   out_init: nn.initializers.Initializer
+  dropout: float
 
   @nn.compact
-  def __call__(self, x, mask=None, segment_ids=None):
+  def __call__(self, x, mask=None, segment_ids=None, deterministic=True):
+    drop = nn.Dropout(self.dropout, deterministic=deterministic or self.dropout == 0)
     h = make_norm(self.norm, "norm_attn")(x).astype(self.dtype)
     attn = Attention(self.num_heads, causal=self.causal, max_len=self.max_len, dtype=self.dtype,
                      out_init=self.out_init, name="attn", **self.attention)
-    x = x + attn(h, mask, segment_ids)
+    x = x + drop(attn(h, mask, segment_ids))
     h = make_norm(self.norm, "norm_mlp")(x).astype(self.dtype)
-    x = x + MLP(self.mlp_ratio * x.shape[-1], self.dtype, self.out_init, name="mlp")(h)
+    x = x + drop(MLP(self.mlp_ratio * x.shape[-1], self.dtype, self.out_init, name="mlp")(h))
     return constrain(x, "batch", "length", None)
 
 
@@ -73,12 +75,13 @@ class Transformer(nn.Module):
   # None means softmax with the default implementation.
   attention: Mapping[str, Any] | None = None
   causal: bool = True
+  dropout: float = 0.0   # on each residual branch; active only when deterministic=False
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, mask=None, segment_ids=None):
+  def __call__(self, x, mask=None, segment_ids=None, deterministic=True):
     """x [batch, length, width]; optional mask [batch, length] (True for real tokens) and
-    segment_ids [batch, length] (softmax attention only)."""
+    segment_ids [batch, length] (softmax attention only). Dropout draws from the 'dropout' RNG."""
     length = x.shape[1]
     pos = self.param("pos_embedding", param_init(nn.initializers.normal(0.02), "length", "embed"),
                      (self.max_len, self.width))
@@ -87,7 +90,7 @@ class Transformer(nn.Module):
     out_init = nn.initializers.normal(0.02 / math.sqrt(2 * self.depth))
     block = functools.partial(Block, self.num_heads, self.mlp_ratio, self.norm,
                               dict(self.attention or {}),
-                              self.causal, self.max_len, self.dtype, out_init)
+                              self.causal, self.max_len, self.dtype, out_init, self.dropout)
     for i in range(self.depth):
-      x = block(name=f"block_{i}")(x, mask, segment_ids)
+      x = block(name=f"block_{i}")(x, mask, segment_ids, deterministic)
     return make_norm(self.norm, "norm_final")(x)

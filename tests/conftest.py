@@ -15,9 +15,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ICL_CONFIG = os.path.join(REPO, "configs", "icl_linear.py")
 
 
-def icl_config(preset: str = "tiny", **overrides):
-  from substrax.configs import icl_linear
-  config = icl_linear.get_config(preset)
+def experiment_config(name: str, preset: str = "tiny", **overrides):
+  """configs/<name>.py's preset, with dotted-key overrides such as model.width=32."""
+  import importlib
+  config = importlib.import_module(f"substrax.configs.{name}").get_config(preset)
   for key, value in overrides.items():
     node = config
     *parents, leaf = key.split(".")
@@ -25,6 +26,10 @@ def icl_config(preset: str = "tiny", **overrides):
       node = node[p]
     node[leaf] = value
   return config
+
+
+def icl_config(preset: str = "tiny", **overrides):
+  return experiment_config("icl_linear", preset, **overrides)
 
 
 def cli(name: str, *args, devices: int = 1, timeout: float = 300, env=None):
@@ -40,3 +45,51 @@ def cli(name: str, *args, devices: int = 1, timeout: float = 300, env=None):
 @pytest.fixture
 def workdir(tmp_path):
   return str(tmp_path / "run")
+
+
+def cifar_records(n, seed=0):
+  """CIFAR-10 records in TFDS's schema, with random pixels."""
+  import numpy as np
+  rng = np.random.default_rng(seed)
+  return [{"id": f"train_{i}".encode(), "image": rng.integers(0, 256, (32, 32, 3), np.uint8),
+           "label": i % 10} for i in range(n)]
+
+
+@pytest.fixture(scope="session")
+def tfds_dir(tmp_path_factory):
+  """Prepares tiny cifar10 and imdb_reviews in ArrayRecord format, without TF or network.
+
+  The builders are the registered ones with only the example generators replaced, so the
+  names, versions, configs and features on disk are the real datasets'.
+  """
+  tfds = pytest.importorskip("tensorflow_datasets")
+  pil = pytest.importorskip("PIL.Image")
+  cifar_cls, imdb_cls = tfds.builder_cls("cifar10"), tfds.builder_cls("imdb_reviews")
+
+  class FakeCifar10(cifar_cls, skip_registration=True):
+    name = "cifar10"
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples("train", 20, 0),
+              "test": self._generate_examples("test", 5, 1)}
+
+    def _generate_examples(self, split, n, seed):
+      for i, r in enumerate(cifar_records(n, seed)):
+        # TFDS encodes numpy images with TF; a PIL image is encoded with PIL instead.
+        yield i, dict(r, id=f"{split}_{i}", image=pil.fromarray(r["image"]))
+
+  class FakeImdbReviews(imdb_cls, skip_registration=True):
+    name = "imdb_reviews"
+    pkg_dir_path = imdb_cls._get_pkg_dir_path()   # its README and citations
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples(18), "test": self._generate_examples(8)}
+
+    def _generate_examples(self, n):
+      for i in range(n):
+        yield i, {"text": "h\u00e9 " * (i % 3 + 1), "label": i % 2}
+
+  path = tmp_path_factory.mktemp("tfds")
+  for cls in (FakeCifar10, FakeImdbReviews):
+    cls(data_dir=str(path), file_format="array_record").download_and_prepare()
+  return str(path)

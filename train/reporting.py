@@ -53,3 +53,17 @@ def format_table(columns, rows: dict, *, first: str = "model") -> str:
   for name, values in rows.items():
     lines.append(f"{name:<{width}}" + "".join(f"{v:8.3f}" for v in values))
   return "\n".join(lines)
+
+
+def plot_confusion(path: str, confusion: np.ndarray, *, title: str):
+  """Row-normalised confusion matrix (true class down, predicted class across)."""
+  rates = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
+  n = len(confusion)
+  fig = Figure(figsize=(1.2 + 0.45 * n, 1.0 + 0.45 * n), dpi=120)
+  ax = fig.subplots()
+  im = ax.imshow(rates, vmin=0, vmax=1, cmap="Blues")
+  ax.set(xlabel="predicted", ylabel="true", xticks=range(n), yticks=range(n))
+  ax.set_title(title, fontsize=7)
+  fig.colorbar(im, ax=ax, fraction=0.046)
+  fig.tight_layout()
+  fig.savefig(path)

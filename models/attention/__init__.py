@@ -47,7 +47,7 @@ class Attention(nn.Module):
   """Multi-head attention with fused Q/K/V and output projections.
 
   Per-kind settings: `window` (local), `num_features` (performer), `low_rank` and `max_len`
-  (linformer's projections span max_len positions). Performer draws its features from the
+  (linformer's projections span max_len positions; cosformer's re-weighting horizon M is max_len). Performer draws its features from the
   'features' RNG stream (see feature_rngs), or from a fixed key when none is given.
   """
   num_heads: int
@@ -102,6 +102,8 @@ class Attention(nn.Module):
       init = param_init(nn.initializers.normal(max_len ** -0.5), "length", None)
       extras["length_proj"] = tuple(
           self.param(f"length_proj_{n}", init, (max_len, self.low_rank))[:length] for n in "kv")
+    elif self.kind == "cosformer":
+      extras["horizon"] = self.max_len
     elif self.kind == "combiner":
       extras["summary_query"] = self.param(
           "summary_query", param_init(nn.initializers.zeros, "heads", "kv"),
@@ -111,11 +113,11 @@ class Attention(nn.Module):
 
 
 def attend(kind, q, k, v, *, causal, impl="auto", mask=None, segment_ids=None, window=None,
-           omega=None, length_proj=None, summary_query=None):
+           omega=None, length_proj=None, summary_query=None, horizon=None):
   """The attention core of every kind, as a pure function of [batch, length, heads, dim] inputs.
 
   Kind-specific inputs: window (local), omega [features, dim] (performer), length_proj = (E, F),
-  each [length, r] (linformer), summary_query [heads, dim] (combiner).
+  each [length, r] (linformer), summary_query [heads, dim] (combiner), horizon (cosformer's M).
   """
   if kind == "softmax":
     return softmax_attention(q, k, v, causal=causal, mask=mask, segment_ids=segment_ids,
@@ -129,6 +131,8 @@ def attend(kind, q, k, v, *, causal, impl="auto", mask=None, segment_ids=None, w
   if kind == "performer":
     q, k = (performer_features(t, omega, is_query=is_q, causal=causal, mask=mask)
             for t, is_q in ((q, True), (k, False)))
+  elif kind == "cosformer":
+    q, k = cosformer_features(q, horizon), cosformer_features(k, horizon)
   elif kind in FEATURE_MAPS:
     q, k = FEATURE_MAPS[kind](q), FEATURE_MAPS[kind](k)
   elif kind != "lsa":

@@ -68,11 +68,18 @@ def performer_features(x, omega, *, is_query, causal, mask=None):
   return jnp.exp(logits) / math.sqrt(omega.shape[0])
 
 
-def cosformer_features(x):
-  """[relu(x) cos(pi i / 2M), relu(x) sin(pi i / 2M)], i = 1..M, M = length: their dot products
-  give relu(q_i).relu(k_j) cos(pi/2 (i - j)/M), the cosFormer re-weighting."""
+def cosformer_features(x, horizon=None):
+  """[relu(x) cos(pi i / 2M), relu(x) sin(pi i / 2M)], i = 1..L: their dot products give
+  relu(q_i).relu(k_j) cos(pi/2 (i - j)/M), the cosFormer re-weighting.
+
+  M = horizon, the longest length the layer takes (default: this input's length, the paper's M).
+  A fixed M makes outputs independent of how much padding follows the real tokens.
+  """
   length = x.shape[1]
-  angle = (jnp.pi / 2) * jnp.arange(1, length + 1, dtype=jnp.float32) / length
+  horizon = horizon or length
+  if length > horizon:
+    raise ValueError(f"cosformer: length {length} exceeds the horizon M={horizon}")
+  angle = (jnp.pi / 2) * jnp.arange(1, length + 1, dtype=jnp.float32) / horizon
   r = jax.nn.relu(x.astype(jnp.float32))
   return jnp.concatenate([r * jnp.cos(angle)[None, :, None, None],
                           r * jnp.sin(angle)[None, :, None, None]], axis=-1)

@@ -10,7 +10,7 @@ import flax.linen as nn
 
 from substrax.train.validation import ConfigError
 
-REGISTRY = {"icl": "substrax.train.tasks.icl"}
+REGISTRY = {"icl": "substrax.train.tasks.icl", "lra": "substrax.train.tasks.lra"}
 
 
 @dataclasses.dataclass(frozen=True)

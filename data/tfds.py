@@ -1,0 +1,138 @@
+"""Long Range Arena Image and Text tasks from TFDS, read without TensorFlow.
+
+The datasets must already be prepared in ArrayRecord format; `load` opens them with
+`tfds.data_source`, which needs only `tensorflow-datasets` and `array_record`, and returns
+plain numpy arrays:
+
+  Image: CIFAR-10 in greyscale, 1024 pixel tokens in 0..255, 10 classes
+         (LRA: train[:90%] to train, train[90%:] to validate, test to test).
+  Text:  IMDB reviews as UTF-8 bytes, token = byte + 1 so that 0 is padding, 2 classes.
+"""
+import itertools
+from collections.abc import Iterable, Iterator, Mapping
+
+import numpy as np
+
+IMAGE_VOCAB = 256
+IMAGE_CLASSES = 10
+IMAGE_LENGTH = 32 * 32
+TEXT_VOCAB = 257   # 256 byte values shifted up by one, plus padding 0
+TEXT_CLASSES = 2
+PAD = 0
+
+NAMES = ("cifar10", "imdb_reviews")
+CHUNK = 4096   # records per numpy step: bounds the float temporaries to a few tens of MB
+
+# ITU-R BT.601 luma weights as used by tf.image.rgb_to_grayscale, which LRA applied.
+_LUMA = np.array([0.2989, 0.5870, 0.1140], np.float32)
+
+
+def _chunks(records: Iterable, size: int = CHUNK) -> Iterator[list]:
+  it = iter(records)
+  while chunk := list(itertools.islice(it, size)):
+    yield chunk
+
+
+def grey(rgb: np.ndarray) -> np.ndarray:
+  """uint8 [..., 3] RGB to uint8 [...] luma, bit for bit as tf.image.rgb_to_grayscale.
+
+  TF works in float32: x / 255, weighted sum, then scales by 255.5 and truncates (its
+  convert_image_dtype). This is not plain rounding, e.g. pure green gives 149, not 150;
+  we follow TF so tokens match the LRA pipeline.
+  """
+  x = rgb.astype(np.float32) * np.float32(1 / 255)
+  return (x @ _LUMA * np.float32(255.5)).astype(np.uint8)
+
+
+def cifar10_grey(records: Iterable[Mapping]) -> dict[str, np.ndarray]:
+  """CIFAR-10 records {"image": uint8 [32, 32, 3], "label": int} to LRA Image arrays.
+
+  Returns tokens uint8 [n, 1024] (row-major pixels) and labels int32 [n].
+  """
+  tokens, labels = [np.zeros((0, IMAGE_LENGTH), np.uint8)], [np.zeros((0,), np.int32)]
+  for chunk in _chunks(records):
+    rgb = np.stack([np.asarray(r["image"], np.uint8) for r in chunk])
+    if rgb.shape[1:] != (32, 32, 3):
+      raise ValueError(f"expected CIFAR images of shape (32, 32, 3), got {rgb.shape[1:]}")
+    tokens.append(grey(rgb).reshape(len(chunk), IMAGE_LENGTH))
+    labels.append(np.array([r["label"] for r in chunk], np.int32))
+  return dict(tokens=np.concatenate(tokens), labels=np.concatenate(labels))
+
+
+def imdb_bytes(records: Iterable[Mapping], max_length: int) -> dict[str, np.ndarray]:
+  """IMDB records {"text": bytes or str, "label": int} to LRA Text arrays.
+
+  Returns tokens int32 [n, max_length] (byte + 1, truncated, padded with 0 at the end),
+  lengths int32 [n] (tokens before the padding) and labels int32 [n].
+  """
+  if max_length < 1:
+    raise ValueError(f"max_length must be positive, got {max_length}")
+  tokens, lengths = [np.zeros((0, max_length), np.int32)], [np.zeros((0,), np.int32)]
+  labels = [np.zeros((0,), np.int32)]
+  for chunk in _chunks(records):
+    toks = np.zeros((len(chunk), max_length), np.int32)
+    lens = np.zeros(len(chunk), np.int32)
+    for i, r in enumerate(chunk):
+      text = r["text"]
+      text = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+      b = np.frombuffer(text, np.uint8)[:max_length]
+      toks[i, :len(b)] = b.astype(np.int32) + 1
+      lens[i] = len(b)
+    tokens.append(toks)
+    lengths.append(lens)
+    labels.append(np.array([r["label"] for r in chunk], np.int32))
+  return dict(tokens=np.concatenate(tokens), lengths=np.concatenate(lengths),
+              labels=np.concatenate(labels))
+
+
+def _records(source) -> Iterator:
+  """Yields a random-access source's records in order, a batch of reads at a time."""
+  n = len(source)
+  get_many = getattr(source, "__getitems__", None)   # ArrayRecord reads batches faster
+  for start in range(0, n, CHUNK):
+    idx = list(range(start, min(start + CHUNK, n)))
+    yield from get_many(idx) if get_many else (source[i] for i in idx)
+
+
+def load(name: str, split: str, data_dir: str | None = None, *,
+         max_length: int | None = None) -> dict[str, np.ndarray]:
+  """Reads a prepared TFDS dataset into LRA arrays; never downloads.
+
+  Args:
+    name: "cifar10" (LRA Image) or "imdb_reviews" (LRA Text).
+    split: a TFDS split string, e.g. "train[:90%]", "train[90%:]" or "test".
+    data_dir: the TFDS data dir; None means TFDS's default ($TFDS_DATA_DIR or
+      ~/tensorflow_datasets).
+    max_length: text length in bytes, for imdb_reviews only (LRA: 1000, papers: 4000).
+
+  Returns:
+    `cifar10_grey`'s or `imdb_bytes`'s dict of numpy arrays.
+  """
+  if name not in NAMES:
+    raise ValueError(f"unknown dataset {name!r}; expected one of {NAMES}")
+  if (name == "imdb_reviews") != (max_length is not None):
+    raise ValueError("max_length is required for imdb_reviews and not accepted for cifar10")
+  try:
+    import tensorflow_datasets as tfds
+  except ImportError as e:
+    raise ImportError("reading TFDS datasets needs tensorflow-datasets and array_record: "
+                      "pip install 'substrax[tfds]'") from e
+  try:
+    # download=False: fetching here would need the network and, for cifar10, TensorFlow.
+    source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+  except Exception as e:
+    # TFDS reports a missing dataset as NotImplementedError, KeyError, ... depending on
+    # data_dir; ask the builder directly so that other errors (a bad split) pass through.
+    builder = tfds.builder(name, data_dir=data_dir)
+    if builder.is_prepared():
+      raise
+    where = data_dir or "the default TFDS data_dir"
+    raise FileNotFoundError(
+        f"TFDS dataset {name!r} is not prepared in {where} (looked in {builder.data_dir}); "
+        f"prepare it on a machine with network (and TensorFlow) with `tfds build {name} "
+        f"--file_format=array_record --data_dir=...` or tfds.data_source({name!r}), then "
+        "copy the data_dir here") from e
+  records = _records(source)
+  if name == "cifar10":
+    return cifar10_grey(records)
+  return imdb_bytes(records, max_length)
