@@ -15,8 +15,6 @@ from matplotlib.figure import Figure  # no pyplot, as in reporting.py
 from substrax.train.reporting import bootstrap_mean
 
 SSIM_VARIANTS = ("gaussian", "uniform7", "box3")
-PIXEL_METRICS = ("mse_px", "mse_frame", "mae_px", "mae_frame", "psnr")
-LOWER_IS_BETTER = {"mse_px", "mse_frame", "mae_px", "mae_frame"}
 # Floor on the per-frame MSE inside PSNR, so a perfect frame scores 100 dB rather than inf.
 PSNR_MSE_FLOOR = 1e-10
 
@@ -105,7 +103,6 @@ def ssim(pred, target, variant: str = "gaussian"):
   # Channels go into the batch so one single-channel convolution filters every moment.
   x = jnp.moveaxis(pred.reshape(-1, h, w, c), -1, 1).reshape(-1, h, w, 1)
   y = jnp.moveaxis(target.reshape(-1, h, w, c), -1, 1).reshape(-1, h, w, 1)
-  n = x.shape[0]
   moments = jax.lax.conv_general_dilated(
       jnp.concatenate([x, y, x * x, y * y, x * y]), jnp.asarray(kernel, x.dtype)[..., None, None],
       window_strides=(1, 1), padding=((pad, pad), (pad, pad)),
@@ -114,14 +111,16 @@ def ssim(pred, target, variant: str = "gaussian"):
   vx, vy, vxy = (cov_norm * (mxx - mx * mx), cov_norm * (myy - my * my),
                  cov_norm * (mxy - mx * my))
   smap = ((2 * mx * my + c1) * (2 * vxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
-  per_channel = smap.reshape(n // c, c, -1).mean(-1)
+  per_channel = smap.reshape(-1, c, smap.shape[1] * smap.shape[2]).mean(-1)
   return per_channel.mean(-1).reshape(lead)
 
 
 @jax.jit
 def frame_metrics(pred, target) -> dict:
   """Every pixel metric and SSIM variant per frame: {name: frames.shape[:-3]}."""
-  out = {name: globals()[name](pred, target) for name in PIXEL_METRICS}
+  out = {"mse_px": mse_px(pred, target), "mse_frame": mse_frame(pred, target),
+         "mae_px": mae_px(pred, target), "mae_frame": mae_frame(pred, target),
+         "psnr": psnr(pred, target)}
   for variant in SSIM_VARIANTS:
     out[f"ssim_{variant}"] = ssim(pred, target, variant)
   return out
@@ -291,8 +290,8 @@ def trivial_predictions(context, horizon: int) -> dict:
   """
   context = jnp.clip(jnp.asarray(context, jnp.float32), 0.0, 1.0)
   tile = lambda frame: jnp.repeat(frame[:, None], horizon, axis=1)
-  return {"zero": jnp.zeros(context[:, :1].shape, context.dtype).repeat(horizon, axis=1),
-          "copy_last": tile(context[:, -1]), "context_mean": tile(context.mean(1))}
+  return {"zero": tile(jnp.zeros_like(context[:, -1])), "copy_last": tile(context[:, -1]),
+          "context_mean": tile(context.mean(1))}
 
 
 def per_sequence_metrics(pred, target, batch_size: int = 64) -> dict:
@@ -303,7 +302,8 @@ def per_sequence_metrics(pred, target, batch_size: int = 64) -> dict:
   return {k: np.concatenate([np.asarray(c[k]) for c in chunks]) for k in chunks[0]}
 
 
-def rollout_report(target, predictions: dict, trivial=("zero", "copy_last"), *,
+def rollout_report(target, predictions: dict, *,
+                   trivial=("zero", "copy_last", "context_mean"), floors=("zero", "copy_last"),
                    n_boot: int = 1000, seed: int = 0, batch_size: int = 64) -> dict:
   """Per-step metrics with 95 % bootstrap intervals for several predictors, JSON-ready.
 
@@ -311,14 +311,14 @@ def rollout_report(target, predictions: dict, trivial=("zero", "copy_last"), *,
   marking trivial predictors (see trivial_predictions). For each predictor: per-step curves
   and step-averaged values of every metric, SSIM areas and recovery statistics (both
   definitions) per variant. For each non-trivial predictor additionally: the coherence
-  horizon on mse_px against the trivial ones present, and the paired difference of its
-  step-averaged mse_px against each trivial predictor (negative = model better).
+  horizon on mse_px against the `floors` predictors present, and the paired difference of its
+  step-averaged mse_px against each trivial predictor present (negative = model better).
   """
   steps = list(range(1, target.shape[1] + 1))
   per_seq = {name: per_sequence_metrics(p, target, batch_size) for name, p in predictions.items()}
-  floors = [per_seq[t]["mse_px"].mean(0) for t in trivial if t in per_seq]
+  floor_curves = [per_seq[f]["mse_px"].mean(0) for f in floors if f in per_seq]
   report = {"steps": steps, "n_sequences": int(target.shape[0]), "trivial": list(trivial),
-            "predictors": {}}
+            "floors": list(floors), "predictors": {}}
   for name, metrics in per_seq.items():
     entry = {"trivial": name in trivial,
              "per_step": {k: step_curve(v, n_boot, seed) for k, v in metrics.items()},
@@ -328,8 +328,9 @@ def rollout_report(target, predictions: dict, trivial=("zero", "copy_last"), *,
       entry[f"ssim_{variant}_area"] = scalar_interval(curve_area(s), n_boot, seed)
       entry[f"ssim_{variant}_recovery"] = scalar_interval(recovery_statistic(s), n_boot, seed)
       entry[f"ssim_{variant}_paper_recovery"] = scalar_interval(paper_recovery(s), n_boot, seed)
-    if name not in trivial and floors:
-      entry["coherence_horizon_mse"] = coherence_horizon(metrics["mse_px"].mean(0), *floors)
+    if name not in trivial and floor_curves:
+      entry["coherence_horizon_mse"] = coherence_horizon(metrics["mse_px"].mean(0),
+                                                         *floor_curves)
       entry["mse_px_minus_trivial"] = {
           t: paired_difference(metrics["mse_px"].mean(1), per_seq[t]["mse_px"].mean(1),
                                n_boot, seed)
