@@ -9,7 +9,7 @@ import tempfile
 
 import jax
 
-from substrax.models import attention
+from substrax.models import attention, transformer
 from substrax.models.sharding import MESH_AXES
 
 
@@ -69,6 +69,23 @@ def check_trainer(config, n_devices: int):
           f"{config.batch_size} does not divide across {data_shards} data shards "
           f"(mesh data x fsdp = {shape[0]} x {shape[1]})")
   return shape
+
+
+DTYPES = ("float32", "bfloat16")
+
+
+def check_backbone(m, key: str = "model"):
+  """The transformer-backbone fields every model config shares, and its attention block."""
+  require(m.width > 0 and m.depth > 0 and m.num_heads > 0, key,
+          f"width, depth and num_heads must be positive, got {m.width}, {m.depth}, {m.num_heads}")
+  require(m.width % m.num_heads == 0, f"{key}.num_heads",
+          f"{m.num_heads} heads do not divide {key}.width={m.width}")
+  require(m.mlp_ratio > 0, f"{key}.mlp_ratio", f"must be positive, got {m.mlp_ratio}")
+  require(m.norm in transformer.NORMS, f"{key}.norm",
+          f"unknown norm {m.norm!r}; choose one of {', '.join(transformer.NORMS)}")
+  require(m.dtype in DTYPES, f"{key}.dtype",
+          f"unknown dtype {m.dtype!r}; choose one of {DTYPES}")
+  check_attention(m.attention, f"{key}.attention")
 
 
 def check_attention(a, key: str = "model.attention"):

