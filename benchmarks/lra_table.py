@@ -33,6 +33,7 @@ flags.DEFINE_integer("steps", 3, "Timed steps per point after one warm-up step (
 FLAGS = flags.FLAGS
 
 TASKS = {"listops": "ListOps", "pathfinder": "Pathfinder", "image": "Image"}
+PUBLISHED_DATA = {"listops": "listops", "pathfinder": "pathfinder", "image": "cifar10"}
 # Tay et al. 2021 (README as of 2020-11-08): ListOps, Pathfinder-32, Image (CIFAR-10), in %.
 PUBLISHED = {"softmax": ("Transformer", 36.37, 71.40, 42.44),
              "linear": ("Linear Trans.", 16.13, 75.30, 42.34),
@@ -77,7 +78,14 @@ def accuracy_table(runs: dict) -> str:
   for kind in kinds:
     if kind in PUBLISHED:
       name, *published = PUBLISHED[kind]
-      cells = [f"{published[list(TASKS).index(t)]:.2f}" if t in TASKS else "—" for t in tasks]
+      cells = []
+      for t in tasks:
+        if t not in TASKS:
+          cells.append("—")
+          continue
+        value, dataset = published[list(TASKS).index(t)], PUBLISHED_DATA[t]
+        ours = next(iter(runs[t].values()))[0]["task"]
+        cells.append(f"{value:.2f}" + ("" if ours == dataset else f" (on {dataset})"))
       lines.append(f"| *LRA published: {name}* | " + " | ".join(cells) + " |")
   walls = [r["wall_s"] for t in tasks for rs in runs[t].values() for r in rs if "wall_s" in r]
   if walls:

@@ -94,6 +94,30 @@ def _records(source) -> Iterator:
     yield from get_many(idx) if get_many else (source[i] for i in idx)
 
 
+def open_source(name: str, split: str, data_dir: str | None, *, needs: str = "TensorFlow"):
+  """tfds.data_source(name, split) that never downloads, with one clear error when the dataset
+  is not prepared in data_dir. `needs` names what preparing it takes besides the network."""
+  try:
+    import tensorflow_datasets as tfds
+  except ImportError as e:
+    raise ImportError("reading TFDS datasets needs tensorflow-datasets and array_record: "
+                      "pip install 'substrax[tfds]'") from e
+  try:
+    # download=False: fetching here would need the network and usually TensorFlow.
+    return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+  except Exception as e:
+    # TFDS reports a missing dataset as NotImplementedError, KeyError, ... depending on
+    # data_dir; ask the builder directly so that other errors (a bad split) pass through.
+    builder = tfds.builder(name, data_dir=data_dir)
+    if builder.is_prepared():
+      raise
+    where = data_dir or "the default TFDS data_dir"
+    raise FileNotFoundError(
+        f"TFDS dataset {name!r} is not prepared in {where} (looked in {builder.data_dir}); "
+        f"prepare it on a machine with network and {needs} with `tfds build {name} "
+        f"--file_format=array_record --data_dir=...`, then copy the data_dir here") from e
+
+
 def load(name: str, split: str, data_dir: str | None = None, *,
          max_length: int | None = None) -> dict[str, np.ndarray]:
   """Reads a prepared TFDS dataset into LRA arrays; never downloads.
@@ -112,26 +136,7 @@ def load(name: str, split: str, data_dir: str | None = None, *,
     raise ValueError(f"unknown dataset {name!r}; expected one of {NAMES}")
   if (name == "imdb_reviews") != (max_length is not None):
     raise ValueError("max_length is required for imdb_reviews and not accepted for cifar10")
-  try:
-    import tensorflow_datasets as tfds
-  except ImportError as e:
-    raise ImportError("reading TFDS datasets needs tensorflow-datasets and array_record: "
-                      "pip install 'substrax[tfds]'") from e
-  try:
-    # download=False: fetching here would need the network and, for cifar10, TensorFlow.
-    source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-  except Exception as e:
-    # TFDS reports a missing dataset as NotImplementedError, KeyError, ... depending on
-    # data_dir; ask the builder directly so that other errors (a bad split) pass through.
-    builder = tfds.builder(name, data_dir=data_dir)
-    if builder.is_prepared():
-      raise
-    where = data_dir or "the default TFDS data_dir"
-    raise FileNotFoundError(
-        f"TFDS dataset {name!r} is not prepared in {where} (looked in {builder.data_dir}); "
-        f"prepare it on a machine with network (and TensorFlow) with `tfds build {name} "
-        f"--file_format=array_record --data_dir=...` or tfds.data_source({name!r}), then "
-        "copy the data_dir here") from e
+  source = open_source(name, split, data_dir)
   records = _records(source)
   if name == "cifar10":
     return cifar10_grey(records)

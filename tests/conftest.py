@@ -93,3 +93,81 @@ def tfds_dir(tmp_path_factory):
   for cls in (FakeCifar10, FakeImdbReviews):
     cls(data_dir=str(path), file_format="array_record").download_and_prepare()
   return str(path)
+
+
+def moving_mnist_records(n, seed=0):
+  """TFDS moving_mnist records: {"image_sequence": uint8 [20, 64, 64, 1]}, random pixels."""
+  import numpy as np
+  rng = np.random.default_rng(seed)
+  return [{"image_sequence": rng.integers(0, 256, (20, 64, 64, 1), np.uint8)} for _ in range(n)]
+
+
+def ucf101_records(lengths, seed=0, height=12, width=16):
+  """TFDS ucf101 records {"video": uint8 [T, H, W, 3], "label"}; frame t of video i is flat,
+  colour (10 t + i, 2 i, 255 - t), so JPEG stores it almost exactly."""
+  import numpy as np
+  out = []
+  for i, length in enumerate(lengths):
+    colour = np.stack([10 * np.arange(length) + i, np.full(length, 2 * i),
+                       255 - np.arange(length)], -1).astype(np.uint8)
+    video = np.broadcast_to(colour[:, None, None, :], (length, height, width, 3)).copy()
+    out.append({"video": video, "label": (seed * 7 + i) % 101})
+  return out
+
+
+@pytest.fixture(scope="session")
+def video_tfds_dir(tmp_path_factory):
+  """Prepares tiny moving_mnist and ucf101 (config ucf101_1) in ArrayRecord format, offline.
+
+  As in `tfds_dir`, the registered builders with only the example generators replaced; frames
+  are passed as PIL images so that PIL, not TensorFlow, encodes them.
+  """
+  import importlib.util
+  import types
+
+  import numpy as np
+  tfds = pytest.importorskip("tensorflow_datasets")
+  pil = pytest.importorskip("PIL.Image")
+  import tensorflow_datasets.video  # noqa: F401  registers the video builders (no TF needed)
+  mnist_cls, ucf_cls = tfds.builder_cls("moving_mnist"), tfds.builder_cls("ucf101")
+
+  def frames(video):
+    return [pil.fromarray(f[..., 0] if f.shape[-1] == 1 else f) for f in video]
+
+  class FakeMovingMnist(mnist_cls, skip_registration=True):
+    name = "moving_mnist"
+
+    def _split_generators(self, dl_manager):
+      return {"test": self._generate_examples()}
+
+    def _generate_examples(self):
+      for i, r in enumerate(moving_mnist_records(3)):
+        yield i, {"image_sequence": frames(r["image_sequence"])}
+
+  class FakeUcf101(ucf_cls, skip_registration=True):
+    name = "ucf101"
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples((25, 7, 12), 0),
+              "test": self._generate_examples((10,), 1)}
+
+    def _generate_examples(self, lengths, seed):
+      for i, r in enumerate(ucf101_records(lengths, seed)):
+        yield f"v{i}", {"video": frames(r["video"]), "label": r["label"]}
+
+  path = tmp_path_factory.mktemp("video_tfds")
+  # Writing features.json also asks TensorFlow for dtypes (feature.tf_dtype); without it,
+  # answer with numpy as tf_free_video_features does for Video.
+  from tensorflow_datasets.core.features import feature
+  from substrax.data.video import tf_free_video_features
+  saved = feature.tf
+  if importlib.util.find_spec("tensorflow") is None:
+    feature.tf = types.SimpleNamespace(dtypes=types.SimpleNamespace(as_dtype=np.dtype))
+  try:
+    with tf_free_video_features():
+      FakeMovingMnist(data_dir=str(path), file_format="array_record").download_and_prepare()
+      FakeUcf101(config="ucf101_1", data_dir=str(path),
+                 file_format="array_record").download_and_prepare()
+  finally:
+    feature.tf = saved
+  return str(path)
