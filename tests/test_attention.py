@@ -177,11 +177,11 @@ def test_icl_tiny_trains_with_every_kind(kind):
   exp = trainer.setup(config)
   with exp.activate():
     state = exp.init()
-    before = float(exp.eval_step(state.params, state.step)["loss"])
+    before = float(exp.eval_step(state.params, state.model_state, state.step)["loss"])
     losses = []
     for _ in range(50):
       state, metrics = exp.train_step(state)
       losses.append(float(metrics["loss"]))
-    after = float(exp.eval_step(state.params, state.step)["loss"])
+    after = float(exp.eval_step(state.params, state.model_state, state.step)["loss"])
   assert np.all(np.isfinite(losses))
   assert after < 0.97 * before, (kind, before, after)

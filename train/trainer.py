@@ -52,7 +52,7 @@ class Experiment:
   abstract_state: step_lib.TrainState   # ShapeDtypeStructs carrying their shardings
   init: Callable         # () -> sharded initial TrainState, a function of config.seed
   train_step: Callable   # state -> (state, metrics): samples the step's batch, updates; donates
-  eval_step: Callable    # (params, step) -> held-out metrics (the task's eval_step, jitted)
+  eval_step: Callable    # (params, model_state, step) -> held-out metrics (jitted task.eval_step)
 
   @contextlib.contextmanager
   def activate(self):
@@ -150,7 +150,7 @@ def train_and_evaluate(config, workdir: str) -> step_lib.TrainState:
     finally:
       manager.wait_until_finished()
       writer.close()
-    exp.task.evaluate(state.params, workdir, config.num_steps)
+    exp.task.evaluate(state.params, state.model_state, workdir, config.num_steps)
   return state
 
 
@@ -192,7 +192,8 @@ def _train_loop(exp, state, start, manager, writer):
       pending = (done, metrics)
       bar.update(1)
       if done % config.eval_every_steps == 0:
-        writer.write(done, "eval", jax.device_get(exp.eval_step(state.params, state.step)))
+        writer.write(done, "eval", jax.device_get(
+            exp.eval_step(state.params, state.model_state, state.step)))
       if done % config.checkpoint.every_steps == 0 or done == config.num_steps or sigterm.requested:
         record(*pending)  # a checkpoint is written only after its step's loss is known finite
         pending = None
@@ -214,7 +215,7 @@ def evaluate_checkpoint(config, workdir: str):
     step = manager.latest_step()
     validation.require(step is not None, "--workdir", f"no checkpoint found in {manager.directory}")
     state = checkpointing.restore(manager, step, exp.abstract_state)
-    return exp.task.evaluate(state.params, workdir, step)
+    return exp.task.evaluate(state.params, state.model_state, workdir, step)
 
 
 def train_step_flops(exp: Experiment) -> float:

@@ -19,9 +19,11 @@ class Task:
   init_inputs: tuple           # example inputs for model.init (shapes matter, values do not)
   sample_batch: Callable       # (key, step) -> global batch, jittable
   batch_axes: Any              # logical axis names per batch leaf, e.g. ("batch", None, None)
-  loss_fn: Callable            # (params, batch, step) -> (loss, aux metrics)
-  eval_step: Callable          # (params, step) -> scalar metrics on a fixed held-out batch
-  evaluate: Callable           # (params, workdir, step) -> summary; writes eval/*.json and *.png
+  # model_state: the model's non-param collections ({} for most models), kept in TrainState.
+  loss_fn: Callable            # (params, model_state, batch, step) -> (loss, (aux, model_state))
+  eval_step: Callable          # (params, model_state, step) -> metrics on a fixed held-out batch
+  evaluate: Callable           # (params, model_state, workdir, step) -> summary; writes
+                               # eval/*.json and *.png
 
 
 def get(name: str):

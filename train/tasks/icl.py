@@ -9,7 +9,7 @@ import numpy as np
 from substrax.data import icl as icl_data
 from substrax.models import attention, baselines
 from substrax.models.icl import ICLTransformer
-from substrax.train import reporting
+from substrax.train import mesh as mesh_lib, reporting
 from substrax.train.tasks import Task
 from substrax.train.validation import check_backbone, require
 
@@ -81,14 +81,15 @@ def build(config) -> Task:
     rngs = attention.feature_rngs(feature_key, step, config.model.attention.redraw_every)
     return model.apply({"params": params}, xs, ys, rngs=rngs)
 
-  def loss_fn(params, batch, step):
+  def loss_fn(params, model_state, batch, step):
     preds = predict(params, step, batch["xs"], batch["ys"])
     w = batch["weights"].astype(jnp.float32)
-    return jnp.sum(pointwise_loss(spec, preds, batch["ys"]) * w) / jnp.sum(w), {}
+    return jnp.sum(pointwise_loss(spec, preds, batch["ys"]) * w) / jnp.sum(w), ({}, model_state)
 
   eval_prompts = icl_data.sample(spec, jax.random.key(e.seed), min(e.num_prompts, 512))
 
-  def eval_step(params, step):
+  def eval_step(params, model_state, step):
+    del model_state  # stateless model
     preds = predict(params, step, eval_prompts["xs"], eval_prompts["ys"])
     err = pointwise_error(spec, preds, eval_prompts["ys"]).mean(0)
     return {"loss": pointwise_loss(spec, preds, eval_prompts["ys"]).mean(),
@@ -101,15 +102,28 @@ def build(config) -> Task:
       return pointwise_error(spec, predict(params, prompts["xs"], prompts["ys"]), prompts["ys"])
     return jax.jit(errors)
 
+  def on_one_device(fn):
+    """Baselines run on a one-device mesh: spread over the training mesh, the batched LAPACK
+    SVD behind least squares runs on every device at once and can deadlock XLA:CPU's thread
+    pool (docs/design-notes.md, pitfalls)."""
+    device = jax.devices()[0]
+
+    def run(key, params):
+      with jax.set_mesh(mesh_lib.make_mesh((1, 1, 1), [device])):
+        return fn(jax.device_put(key, device), params)
+    return run
+
   # The transformer's "params" are (params, step): the step picks Performer's feature draw.
   predictors = {"transformer": lambda params_step, xs, ys: predict(*params_step, xs, ys)}
   predictors.update({
       name: lambda _, xs, ys, fn=fn: fn(xs, ys) for name, fn in baselines.baseline_fns(
           ridge_alpha=e.ridge_alpha, lasso_alpha=e.lasso_alpha, knn_k=e.knn_k,
           gd_steps_n=e.gd_steps, noise_var=spec.noise_std**2).items()})
-  error_fns = {name: errors_of(p) for name, p in predictors.items()}
+  error_fns = {name: errors_of(p) if name == "transformer" else on_one_device(errors_of(p))
+               for name, p in predictors.items()}
 
-  def evaluate(params, workdir, step):
+  def evaluate(params, model_state, workdir, step):
+    del model_state
     return evaluate_prompts(
         config, spec, {name: functools.partial(fn, params=(params, step) if name == "transformer"
                                                else None)

@@ -158,20 +158,22 @@ def build(config) -> Task:
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     return loss, (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
 
-  def loss_fn(params, batch, step):
+  def loss_fn(params, model_state, batch, step):
     logits = logits_fn(params, step, batch["tokens"], train_mode=True)
     loss, correct = metrics_of(logits, batch["labels"])
-    return loss.mean(), {"accuracy": correct.mean()}
+    return loss.mean(), ({"accuracy": correct.mean()}, model_state)
 
   held_out = jax.tree.map(lambda x: jnp.asarray(x[:config.eval.held_out_examples]), splits["val"])
 
-  def eval_step(params, step):
+  def eval_step(params, model_state, step):
+    del model_state  # stateless model
     loss, correct = metrics_of(logits_fn(params, step, held_out["tokens"]), held_out["labels"])
     return {"loss": loss.mean(), "accuracy": correct.mean()}
 
   predict = jax.jit(lambda params, step, tokens: jnp.argmax(logits_fn(params, step, tokens), -1))
 
-  def evaluate(params, workdir, step):
+  def evaluate(params, model_state, workdir, step):
+    del model_state
     return evaluate_splits(config, info, splits, lambda t: predict(params, step, t), workdir, step)
 
   example = jnp.zeros((1, info["length"]), jnp.int32)
