@@ -10,7 +10,8 @@ import flax.linen as nn
 
 from substrax.train.validation import ConfigError
 
-REGISTRY = {"icl": "substrax.train.tasks.icl", "lra": "substrax.train.tasks.lra"}
+REGISTRY = {"icl": "substrax.train.tasks.icl", "lra": "substrax.train.tasks.lra",
+            "video": "substrax.train.tasks.video"}
 
 
 @dataclasses.dataclass(frozen=True)
