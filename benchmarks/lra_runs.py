@@ -3,19 +3,14 @@
   python benchmarks/lra_runs.py                      # cpu presets: ListOps, Pathfinder-32, sMNIST
   python benchmarks/lra_runs.py --preset=gpu --tasks=listops,pathfinder,image,text
 
-Runs land in ROOT/<task>/<kind>/seed<k>; a finished run (its eval JSON at the last step) is
-skipped and an interrupted one resumes, so rerunning the command completes a study. Each run's
-wall time is saved next to it for benchmarks/lra_table.py. Data is generated (and cached) before
-the first run, so no run's time includes it.
+Runs land in ROOT/<task>/<kind>/seed<k> (benchmarks/study.py: rerunning the command completes a
+study). Data is generated (and cached) before the first run, so no run's time includes it.
 """
-import json
 import os
-import subprocess
-import sys
-import time
 
 from absl import app, flags
 
+import study
 from substrax.train.tasks import lra
 
 flags.DEFINE_string("preset", "cpu", "Config preset.")
@@ -38,17 +33,8 @@ def load_config(task: str):
   return module.get_config(FLAGS.preset)
 
 
-def finished(workdir: str, config) -> bool:
-  path = os.path.join(workdir, "eval", f"lra_{config.data.name}.json")
-  if not os.path.exists(path):
-    return False
-  with open(path) as f:
-    return json.load(f)["step"] == config.num_steps
-
-
 def main(argv):
   del argv
-  train = os.path.join(os.path.dirname(sys.executable), "substrax-train")
   for task in FLAGS.tasks:
     lra.load_splits(load_config(task).data)   # generate and cache once, outside the timings
   for seed in FLAGS.seeds:
@@ -56,22 +42,13 @@ def main(argv):
       config = load_config(task)
       for kind in FLAGS.kinds:
         workdir = os.path.join(FLAGS.root, task, kind, f"seed{seed}")
-        if finished(workdir, config):
-          print(f"{task:<10} {kind:<10} seed {seed}: done already")
+        label = f"{task:<10} {kind:<10} seed {seed}"
+        if study.finished(os.path.join(workdir, "eval", f"lra_{config.data.name}.json"),
+                          config.num_steps):
+          print(f"{label}: done already")
           continue
-        start = time.perf_counter()
-        proc = subprocess.run(
-            [train, f"--config={config_path(task)}:{FLAGS.preset}", f"--workdir={workdir}",
-             f"--config.model.attention.kind={kind}", f"--config.seed={seed}",
-             "--config.progress_bar=False"], capture_output=True, text=True)
-        wall = time.perf_counter() - start
-        if proc.returncode != 0:
-          print(f"{task:<10} {kind:<10} seed {seed}: FAILED ({proc.returncode})\n{proc.stderr}")
-          continue
-        with open(os.path.join(workdir, "wall_time.json"), "w") as f:
-          json.dump({"wall_s": wall, "preset": FLAGS.preset}, f)
-        print(f"{task:<10} {kind:<10} seed {seed}: {wall / 60:5.2f} min  "
-              f"{proc.stdout.strip().splitlines()[-1]}", flush=True)
+        study.train(label, config_path(task), workdir,
+                    {"model.attention.kind": kind, "seed": seed}, FLAGS.preset)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import numpy as np
 import optax
 from absl import app, flags
 
+import study
 from substrax.configs import common
 from substrax.models import attention
 from substrax.models.classifier import Classifier
@@ -49,10 +50,9 @@ def gather(root: str) -> dict:
     task, kind = path.split(os.sep)[-5:-3]
     with open(path) as f:
       result = json.load(f)
-    wall = os.path.join(os.path.dirname(os.path.dirname(path)), "wall_time.json")
-    if os.path.exists(wall):
-      with open(wall) as f:
-        result["wall_s"] = json.load(f)["wall_s"]
+    wall = study.read_wall(os.path.dirname(os.path.dirname(path)))
+    if wall is not None:
+      result["wall_s"] = wall
     runs.setdefault(task, {}).setdefault(kind, []).append(result)
   return runs
 

@@ -1,6 +1,7 @@
 """The video task end to end: each world model trains and evaluates, paper counts, config errors."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ PAPER_COUNTS = {"fluid": 800_975, "transformer": 800_067, "convlstm": 801_995}
 def train(config, workdir):
   state = trainer.train_and_evaluate(config, workdir)
   name = f"video_{config.data.name}"
-  for suffix in (".png", "_frames.png"):
+  for suffix in (".png", "_frames.png", "_per_sequence.npz"):
     assert os.path.exists(os.path.join(workdir, "eval", name + suffix))
   with open(os.path.join(workdir, "eval", name + ".json")) as f:
     result = json.load(f)
@@ -53,6 +54,17 @@ def test_tiny_trains_and_reports_trivial_predictors(model, experiment, feedback,
     assert len(result["latent"]["steps_used_per_layer"]) == config.model.fluid.num_layers
     records = read_jsonl(os.path.join(workdir, "metrics.jsonl"), "eval")
     assert records and all(np.isfinite(r["pred"]) and "energy" in r for r in records)
+    # substrax-eval on the run rewrites the same outputs from its last checkpoint.
+    shutil.rmtree(os.path.join(workdir, "eval"))
+    again = trainer.evaluate_checkpoint(config, workdir)
+    assert again["step"] == config.num_steps
+    np.testing.assert_allclose(
+        again["rollout"]["predictors"]["fluid_latent"]["per_step"]["mse_px"]["mean"], mse,
+        rtol=1e-5)
+    with np.load(os.path.join(workdir, "eval", "video_moving_mnist_per_sequence.npz")) as z:
+      assert z["mse_px/fluid_latent"].shape == (config.eval.num_sequences, config.eval.horizon)
+      np.testing.assert_allclose(z["mse_px/fluid_latent"].mean(0), mse, rtol=1e-5)
+      assert z["frames/copy_last"].shape == z["target"].shape
   else:
     assert state.model_state == {}
 

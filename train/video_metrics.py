@@ -362,7 +362,7 @@ def plot_rollout_curves(path: str, report: dict, metrics=("mse_px", "ssim_gaussi
   if title:
     fig.suptitle(title, fontsize=9)
   fig.tight_layout()
-  fig.savefig(path)
+  fig.savefig(path, bbox_inches="tight")   # keeps the outside legend whole
 
 
 def plot_frame_strip(path: str, context, target, rollouts: dict, max_frames: int = 10):

@@ -285,12 +285,15 @@ def latent_metrics(features, aux) -> dict:
 def evaluate_rollouts(config, videos, predictions, diagnostics, features, aux, num_params,
                       workdir, step):
   """Scores rollouts against the trivial predictors; writes eval/video_<data>.json and .png
-  (per-step curves) and _frames.png (one test sequence), and prints a short table."""
+  (per-step curves), _frames.png (one test sequence) and _per_sequence.npz (each predictor's
+  per-sequence, per-step MSE and its rollout of sequence 0, for paired comparisons of runs on
+  the same test set: benchmarks/fluid_table.py), and prints a short table."""
   d, e = config.data, config.eval
   context = videos[:, :e.context]
   target = videos[:, e.context:e.context + e.horizon]
   trivial = {k: np.asarray(v) for k, v in vm.trivial_predictions(context, e.horizon).items()}
-  report = vm.rollout_report(target, {**predictions, **trivial}, n_boot=e.bootstrap)
+  everything = {**predictions, **trivial}
+  report = vm.rollout_report(target, everything, n_boot=e.bootstrap)
   payload = {"data": d.name, "model": config.model.name, "seed": int(config.seed),
              "step": int(step), "num_params": int(num_params), "context": int(e.context),
              "horizon": int(e.horizon), "feedback": list(e.feedback),
@@ -303,6 +306,10 @@ def evaluate_rollouts(config, videos, predictions, diagnostics, features, aux, n
       os.path.join(out, f"{name}.png"), report,
       title=f"{d.name} {d.size}px, {config.model.name} ({num_params:,} params), step {step}: "
             f"{e.context} context -> {e.horizon} predicted, {len(videos)} test sequences")
+  np.savez_compressed(
+      os.path.join(out, f"{name}_per_sequence.npz"), context=context[0], target=target[0],
+      **{f"mse_px/{k}": np.asarray(vm.mse_px(v, target)) for k, v in everything.items()},
+      **{f"frames/{k}": np.asarray(v[0]) for k, v in everything.items()})
   vm.plot_frame_strip(os.path.join(out, f"{name}_frames.png"), context[0], target[0],
                       {k: v[0] for k, v in {**predictions, "copy_last": trivial["copy_last"]}
                        .items()})
