@@ -22,10 +22,17 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
       function_class="linear",  # see substrax.data.icl.FUNCTION_CLASSES
       n_dims=5,
       n_points=11,              # (x, y) pairs per prompt
-      covariance="isotropic",   # or "skewed": eigenvalues of Cov(x) proportional to 1/i^2
+      covariance="isotropic",   # "skewed": eigenvalues of Cov(x) proportional to 1/i^2;
+                                # "spectrum": eigenvalues data.spectrum (a fixed rotation)
+      spectrum=config_dict.placeholder(tuple),
+      weight_covariance="isotropic",   # w ~ N(0, I), or "inverse": w ~ N(0, Cov(x)^-1)
       noise_std=0.0,            # for noisy_linear
+      noise_min=0.0, noise_max=1.0,   # heteroscedastic_linear: per-prompt std ~ U(min, max)
+      n_tasks=0,                # > 0: w from a fixed pool of n_tasks vectors (task diversity)
+      mixture=("linear", "sparse_linear", "relu_2nn"),   # families of function_class=mixture
       sparsity=3,               # for sparse_linear
       # Garg's curriculum: start small, grow every `interval` steps. None = no curriculum.
+      loss_on="all",            # every prefix, or "last": only the query after n_points - 1
       curriculum=ml_collections.ConfigDict(dict(
           dims_start=config_dict.placeholder(int), dims_inc=1,
           points_start=config_dict.placeholder(int), points_inc=2,
@@ -33,6 +40,9 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
   ))
 
   c.model = ml_collections.ConfigDict(dict(
+      name="transformer",         # or "lsa": linear self-attention layers (models/icl.py LSA)
+      encoding="interleaved",     # transformer read-in: interleaved, flagged or concat
+      lsa=ml_collections.ConfigDict(dict(num_layers=1, init_scale=0.02)),
       width=64, depth=3, num_heads=2, mlp_ratio=4,
       norm="layernorm",  # or "rmsnorm"
       dtype="float32",   # compute dtype; parameters stay float32
@@ -42,6 +52,8 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict(dict(
       num_prompts=1280, batch_size=640, seed=1_000_003,
       ridge_alpha=0.1, lasso_alpha=0.01, knn_k=3, gd_steps=5, bootstrap=1000,
+      claims=(),              # train/icl_claims.py CLAIMS to measure after training
+      claim_prompts=4096,
   ))
 
   if preset == "tiny":

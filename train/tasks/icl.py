@@ -1,4 +1,5 @@
-"""In-context regression: prompts from substrax.data.icl, the ICL transformer, Garg-style eval."""
+"""In-context regression: prompts from substrax.data.icl, the ICL transformer or LSA, Garg-style
+error curves against the algorithm baselines, and the claims of train/icl_claims.py."""
 import functools
 import os
 
@@ -8,10 +9,14 @@ import numpy as np
 
 from substrax.data import icl as icl_data
 from substrax.models import attention, baselines
-from substrax.models.icl import ICLTransformer
-from substrax.train import mesh as mesh_lib, reporting
+from substrax.models import icl as icl_models
+from substrax.train import icl_claims, mesh as mesh_lib, reporting
 from substrax.train.tasks import Task
 from substrax.train.validation import check_backbone, require
+
+MODELS = ("transformer", "lsa")
+LOSS_ON = ("all", "last")   # every prefix (Garg) or only the last query (von Oswald, Ahn)
+
 
 def validate(config):
   d, m, cur = config.data, config.model, config.data.curriculum
@@ -20,6 +25,21 @@ def validate(config):
           f"{', '.join(icl_data.FUNCTION_CLASSES)}")
   require(d.covariance in icl_data.COVARIANCES, "data.covariance",
           f"unknown covariance {d.covariance!r}; choose one of {', '.join(icl_data.COVARIANCES)}")
+  require(d.weight_covariance in icl_data.WEIGHT_COVARIANCES, "data.weight_covariance",
+          f"unknown value {d.weight_covariance!r}; choose one of "
+          f"{', '.join(icl_data.WEIGHT_COVARIANCES)}")
+  if d.covariance == "spectrum":
+    require(d.spectrum is not None and len(d.spectrum) == d.n_dims
+            and all(v > 0 for v in d.spectrum), "data.spectrum",
+            f"needs n_dims={d.n_dims} positive eigenvalues, got {d.spectrum}")
+  if d.function_class == "mixture":
+    allowed = [f for f in icl_data.FUNCTION_CLASSES if f not in ("mixture",
+                                                                  "heteroscedastic_linear")]
+    require(len(d.mixture) > 0 and set(d.mixture) <= set(allowed), "data.mixture",
+            f"must be names from {allowed}, got {tuple(d.mixture)}")
+  require(0 <= d.noise_min <= d.noise_max, "data.noise_min",
+          f"needs 0 <= noise_min <= noise_max, got {d.noise_min}, {d.noise_max}")
+  require(d.n_tasks >= 0, "data.n_tasks", f"must be >= 0 (0 = infinite), got {d.n_tasks}")
   require(d.n_dims > 0, "data.n_dims", f"must be positive, got {d.n_dims}")
   require(d.n_points > 0, "data.n_points", f"must be positive, got {d.n_points}")
   require(d.noise_std >= 0, "data.noise_std", f"must be >= 0, got {d.noise_std}")
@@ -33,19 +53,34 @@ def validate(config):
     require(d.sparsity <= cur.dims_start, "data.sparsity",
             f"{d.sparsity} exceeds curriculum.dims_start={cur.dims_start}")
   require(cur.interval > 0, "data.curriculum.interval", f"must be positive, got {cur.interval}")
-  check_backbone(m)
+  require(d.loss_on in LOSS_ON, "data.loss_on",
+          f"unknown value {d.loss_on!r}; choose one of {', '.join(LOSS_ON)}")
+  require(m.name in MODELS, "model.name",
+          f"unknown model {m.name!r}; choose one of {', '.join(MODELS)}")
+  if m.name == "transformer":
+    check_backbone(m)
+    require(m.encoding in icl_models.ENCODINGS, "model.encoding",
+            f"unknown encoding {m.encoding!r}; choose one of {', '.join(icl_models.ENCODINGS)}")
+  else:
+    require(m.lsa.num_layers > 0, "model.lsa.num_layers",
+            f"must be positive, got {m.lsa.num_layers}")
   e = config.eval
+  require(set(e.claims) <= set(icl_claims.CLAIMS), "eval.claims",
+          f"must be names from {icl_claims.CLAIMS}, got {tuple(e.claims)}")
   require(e.num_prompts > 0 and e.batch_size > 0, "eval.num_prompts/batch_size",
           f"must be positive, got {e.num_prompts}, {e.batch_size}")
   require(1 <= e.knn_k <= d.n_points, "eval.knn_k", f"must be in [1, n_points], got {e.knn_k}")
 
 
-def make_model(config) -> ICLTransformer:
+def make_model(config):
   m = config.model
-  return ICLTransformer(
+  if m.name == "lsa":
+    return icl_models.LSA(n_dims=config.data.n_dims, num_layers=m.lsa.num_layers,
+                          init_scale=m.lsa.init_scale)
+  return icl_models.ICLTransformer(
       n_points=config.data.n_points, width=m.width, depth=m.depth, num_heads=m.num_heads,
       mlp_ratio=m.mlp_ratio, norm=m.norm, attention=attention.layer_kwargs(m.attention),
-      dtype=jnp.dtype(m.dtype))
+      encoding=m.encoding, dtype=jnp.dtype(m.dtype))
 
 
 def pointwise_loss(spec: icl_data.Spec, preds, ys):
@@ -70,18 +105,22 @@ def build(config) -> Task:
 
   def sample_batch(key, step):
     dims, points = icl_data.curriculum(spec, step)
-    batch = icl_data.sample(spec, key, config.batch_size, dims)
+    prompts = icl_data.sample(spec, key, config.batch_size, dims)
+    batch = {"xs": prompts["xs"], "ys": prompts["ys"]}   # not the mixture's family id etc.
     # Curriculum over points: later positions are sampled but carry no loss.
     batch["weights"] = jnp.broadcast_to(jnp.arange(n) < points, (config.batch_size, n))
     return batch
 
   feature_key = jax.random.fold_in(jax.random.key(config.seed), 2)
 
-  def predict(params, step, xs, ys):
+  def predict(params, step, xs, ys, method="__call__"):
     rngs = attention.feature_rngs(feature_key, step, config.model.attention.redraw_every)
-    return model.apply({"params": params}, xs, ys, rngs=rngs)
+    return model.apply({"params": params}, xs, ys, rngs=rngs, method=method)
 
   def loss_fn(params, model_state, batch, step):
+    if config.data.loss_on == "last":   # one query per prompt, after n - 1 pairs
+      preds = predict(params, step, batch["xs"], batch["ys"], "predict_last")
+      return jnp.mean(pointwise_loss(spec, preds, batch["ys"][:, -1])), ({}, model_state)
     preds = predict(params, step, batch["xs"], batch["ys"])
     w = batch["weights"].astype(jnp.float32)
     return jnp.sum(pointwise_loss(spec, preds, batch["ys"]) * w) / jnp.sum(w), ({}, model_state)
@@ -113,21 +152,28 @@ def build(config) -> Task:
         return fn(jax.device_put(key, device), params)
     return run
 
-  # The transformer's "params" are (params, step): the step picks Performer's feature draw.
-  predictors = {"transformer": lambda params_step, xs, ys: predict(*params_step, xs, ys)}
+  # The model's "params" are (params, step): the step picks Performer's feature draw.
+  name = config.model.name
+  predictors = {name: lambda params_step, xs, ys: predict(*params_step, xs, ys)}
   predictors.update({
-      name: lambda _, xs, ys, fn=fn: fn(xs, ys) for name, fn in baselines.baseline_fns(
+      k: lambda _, xs, ys, fn=fn: fn(xs, ys) for k, fn in baselines.baseline_fns(
           ridge_alpha=e.ridge_alpha, lasso_alpha=e.lasso_alpha, knn_k=e.knn_k,
           gd_steps_n=e.gd_steps, noise_var=spec.noise_std**2).items()})
-  error_fns = {name: errors_of(p) if name == "transformer" else on_one_device(errors_of(p))
-               for name, p in predictors.items()}
+  error_fns = {k: errors_of(p) if k == name else on_one_device(errors_of(p))
+               for k, p in predictors.items()}
 
   def evaluate(params, model_state, workdir, step):
     del model_state
-    return evaluate_prompts(
-        config, spec, {name: functools.partial(fn, params=(params, step) if name == "transformer"
-                                               else None)
-                       for name, fn in error_fns.items()}, workdir, step)
+    payload = evaluate_prompts(
+        config, spec, {k: functools.partial(fn, params=(params, step) if k == name else None)
+                       for k, fn in error_fns.items()}, workdir, step)
+    payload["claims"] = icl_claims.run_claims(
+        e.claims, predict_last=functools.partial(predict, params, step, method="predict_last"),
+        spec=spec, params=params,
+        lsa_layers=config.model.lsa.num_layers if config.model.name == "lsa" else 0,
+        key=jax.random.fold_in(jax.random.key(e.seed), 1), num_prompts=e.claim_prompts,
+        workdir=workdir, step=step)
+    return payload
 
   zeros = jnp.zeros((1, n, d))
   return Task(model=model, init_inputs=(zeros, zeros[..., 0]), sample_batch=sample_batch,
@@ -148,7 +194,8 @@ def evaluate_prompts(config, spec, error_fns, workdir, step):
   errors = {name: np.concatenate([jax.device_get(fn(k)) for k in keys])[:e.num_prompts]
             for name, fn in error_fns.items()}
   models = {}
-  for name, err in sorted(errors.items(), key=lambda kv: kv[0] != "transformer"):
+  model = config.model.name
+  for name, err in sorted(errors.items(), key=lambda kv: kv[0] != model):
     mean, ci = reporting.bootstrap_mean(err, e.bootstrap)
     models[name] = {"mean": mean.tolist(), "ci95": ci.tolist()}
   ks = list(range(spec.n_points))
@@ -158,7 +205,7 @@ def evaluate_prompts(config, spec, error_fns, workdir, step):
   out = os.path.join(workdir, "eval")
   reporting.write_json(os.path.join(out, f"{name}.json"), payload)
   reporting.plot_curves(
-      os.path.join(out, f"{name}.png"), ks, models, highlight="transformer",
+      os.path.join(out, f"{name}.png"), ks, models, highlight=model,
       xlabel="in-context examples k", ylabel=spec.metric.replace("_", " "),
       title=f"{spec.function_class}, d={spec.n_dims}, step {step}",
       ylim=(0, 1.05) if spec.is_classification else (0, 1.25))
