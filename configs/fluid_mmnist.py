@@ -135,10 +135,10 @@ def base(preset: str, dataset: str) -> ml_collections.ConfigDict:
     # MSE 0.022 after 1 context frame, 0.029 after 4, 0.085 after 10; zero predicts 0.036).
     c.data.window = 10
     c.batch_size = 8
-    c.num_steps = 1200
+    c.num_steps = 800
     c.log_every_steps = 25
     c.eval_every_steps = 200
-    c.checkpoint.every_steps = 400
+    c.checkpoint.every_steps = 200
   else:  # gpu and pod: the paper's size and protocol on 64x64 frames
     c.data.update(size=64)
     c.model.update(dim=128, decoder_mid=64)

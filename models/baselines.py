@@ -30,16 +30,25 @@ def _moment(X, Y):
   return jnp.einsum("bknd,bkn->bkd", X, Y)  # X^T y per prefix
 
 
-def least_squares(xs, ys):
-  """Minimum-norm least squares (pinv), the optimum for noiseless linear data."""
+def least_squares_weights(xs, ys):
+  """w [B, n, d] per prefix: minimum-norm least squares (pinv)."""
   X, Y, _ = _prefixes(xs, ys)
-  return _predict(xs, jnp.einsum("bkdn,bkn->bkd", jnp.linalg.pinv(X), Y))
+  return jnp.einsum("bkdn,bkn->bkd", jnp.linalg.pinv(X), Y)
+
+
+def least_squares(xs, ys):
+  """Minimum-norm least squares, the optimum for noiseless linear data."""
+  return _predict(xs, least_squares_weights(xs, ys))
+
+
+def ridge_weights(xs, ys, alpha: float):
+  X, Y, _ = _prefixes(xs, ys)
+  gram = jnp.einsum("bknd,bkne->bkde", X, X) + alpha * jnp.eye(xs.shape[-1])
+  return jnp.linalg.solve(gram, _moment(X, Y)[..., None])[..., 0]
 
 
 def ridge(xs, ys, alpha: float):
-  X, Y, _ = _prefixes(xs, ys)
-  gram = jnp.einsum("bknd,bkne->bkde", X, X) + alpha * jnp.eye(xs.shape[-1])
-  return _predict(xs, jnp.linalg.solve(gram, _moment(X, Y)[..., None])[..., 0])
+  return _predict(xs, ridge_weights(xs, ys, alpha))
 
 
 def averaging(xs, ys):
@@ -48,18 +57,22 @@ def averaging(xs, ys):
   return _predict(xs, _moment(X, Y) / jnp.maximum(mask.sum(-1), 1.0)[:, None])
 
 
-def gd_optimal_step(xs, ys, noise_var: float = 0.0):
-  """One GD step from w=0 on the mean squared loss, with the optimal step n/(n+d+1+sigma^2).
-
-  For x, w ~ N(0, I) its normalised error is (d+1+sigma^2)/(k+d+1+sigma^2) (+ noise).
-  """
+def gd_optimal_step_weights(xs, ys, noise_var: float = 0.0):
+  """w [B, n, d] per prefix: one GD step from w=0 on the mean squared loss, with the optimal
+  step k/(k+d+1+sigma^2) for x, w ~ N(0, I)."""
   X, Y, mask = _prefixes(xs, ys)
   k = mask.sum(-1)
-  return _predict(xs, _moment(X, Y) / (k + xs.shape[-1] + 1 + noise_var)[:, None])
+  return _moment(X, Y) / (k + xs.shape[-1] + 1 + noise_var)[:, None]
 
 
-def gd_steps(xs, ys, steps: int):
-  """`steps` steps of steepest descent from w=0 on |Xw - y|^2, with exact line search."""
+def gd_optimal_step(xs, ys, noise_var: float = 0.0):
+  """For x, w ~ N(0, I) its normalised error is (d+1+sigma^2)/(k+d+1+sigma^2) (+ noise)."""
+  return _predict(xs, gd_optimal_step_weights(xs, ys, noise_var))
+
+
+def gd_steps_weights(xs, ys, steps: int):
+  """w [B, n, d] per prefix after `steps` steps of steepest descent from w=0 on |Xw - y|^2,
+  with exact line search."""
   X, Y, _ = _prefixes(xs, ys)
   w = jnp.zeros(X.shape[:2] + X.shape[-1:], xs.dtype)
   for _ in range(steps):
@@ -67,7 +80,11 @@ def gd_steps(xs, ys, steps: int):
     xg = jnp.einsum("bknd,bkd->bkn", X, g)
     lr = jnp.sum(g * g, -1) / jnp.maximum(jnp.sum(xg * xg, -1), 1e-30)
     w = w - lr[..., None] * g
-  return _predict(xs, w)
+  return w
+
+
+def gd_steps(xs, ys, steps: int):
+  return _predict(xs, gd_steps_weights(xs, ys, steps))
 
 
 def knn(xs, ys, k: int):

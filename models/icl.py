@@ -12,12 +12,14 @@ LSA: linear self-attention layers on concatenated tokens, parameterised by the m
 from typing import Any, Mapping
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from substrax.models.sharding import param_init
 from substrax.models.transformer import Transformer
 
 ENCODINGS = ("interleaved", "flagged", "concat")
+HEADS = ("mean", "gaussian")
 
 
 def interleave(xs, ys):
@@ -43,6 +45,8 @@ def encode(xs, ys, encoding: str):
 
 
 class ICLTransformer(nn.Module):
+  """Entry k of the output predicts y_{k+1} from the first k pairs. head 'gaussian' adds a
+  predictive variance (trained with the Gaussian NLL): `distribution` returns (mean, var)."""
   n_points: int
   width: int
   depth: int
@@ -51,26 +55,37 @@ class ICLTransformer(nn.Module):
   norm: str = "layernorm"
   attention: Mapping[str, Any] | None = None  # Attention keyword arguments; None = softmax
   encoding: str = "interleaved"
+  head: str = "mean"          # or "gaussian"
+  positions: bool = True      # learned position embeddings (False: none)
   dtype: jnp.dtype = jnp.float32
 
-  @nn.compact
-  def __call__(self, xs, ys):
-    """Returns predictions [B, n]: entry k uses the first k (x, y) pairs to predict y_{k+1}."""
+  def setup(self):
     # PyTorch's nn.Linear default, as in Garg et al.'s read-in/read-out: with GPT-2's 0.02 the
     # x signal drowns under the position embeddings and training stalls on a long plateau.
     init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
-    tokens = encode(xs, ys, self.encoding)
-    h = nn.Dense(self.width, dtype=self.dtype, name="read_in",
-                 kernel_init=param_init(init, None, "embed"),
-                 bias_init=param_init(nn.initializers.zeros, "embed"))(tokens)
-    h = Transformer(self.width, self.depth, self.num_heads, max_len=2 * self.n_points - 1,
-                    mlp_ratio=self.mlp_ratio, norm=self.norm, attention=self.attention,
-                    causal=True, dtype=self.dtype,
-                    name="backbone")(h)
-    out = nn.Dense(1, dtype=jnp.float32, name="read_out",
-                   kernel_init=param_init(init, "embed", None),
-                   bias_init=param_init(nn.initializers.zeros, None))(h[:, ::2])
-    return out[..., 0]
+    self.read_in = nn.Dense(self.width, dtype=self.dtype,
+                            kernel_init=param_init(init, None, "embed"),
+                            bias_init=param_init(nn.initializers.zeros, "embed"))
+    self.backbone = Transformer(self.width, self.depth, self.num_heads,
+                                max_len=2 * self.n_points - 1, mlp_ratio=self.mlp_ratio,
+                                norm=self.norm, attention=self.attention, causal=True,
+                                positions=self.positions, dtype=self.dtype)
+    self.read_out = nn.Dense(2 if self.head == "gaussian" else 1, dtype=jnp.float32,
+                             kernel_init=param_init(init, "embed", None),
+                             bias_init=param_init(nn.initializers.zeros, None))
+
+  def _outputs(self, xs, ys):
+    h = self.backbone(self.read_in(encode(xs, ys, self.encoding)))
+    return self.read_out(h[:, ::2])
+
+  def __call__(self, xs, ys):
+    """Predictions [B, n] (the predictive mean)."""
+    return self._outputs(xs, ys)[..., 0]
+
+  def distribution(self, xs, ys):
+    """(mean, variance) [B, n] each; the variance head is softplus, floored at 1e-4."""
+    out = self._outputs(xs, ys)
+    return out[..., 0], jax.nn.softplus(out[..., 1]) + 1e-4
 
   def predict_last(self, xs, ys):
     """[B] predictions of y_n from the first n - 1 pairs."""

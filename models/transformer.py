@@ -76,6 +76,7 @@ class Transformer(nn.Module):
   attention: Mapping[str, Any] | None = None
   causal: bool = True
   dropout: float = 0.0   # on each residual branch; active only when deterministic=False
+  positions: bool = True  # learned position embeddings; False: order enters only causally
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -83,9 +84,12 @@ class Transformer(nn.Module):
     """x [batch, length, width]; optional mask [batch, length] (True for real tokens) and
     segment_ids [batch, length] (softmax attention only). Dropout draws from the 'dropout' RNG."""
     length = x.shape[1]
-    pos = self.param("pos_embedding", param_init(nn.initializers.normal(0.02), "length", "embed"),
-                     (self.max_len, self.width))
-    x = constrain(x + pos[:length].astype(x.dtype), "batch", "length", None)
+    if self.positions:
+      pos = self.param("pos_embedding",
+                       param_init(nn.initializers.normal(0.02), "length", "embed"),
+                       (self.max_len, self.width))
+      x = x + pos[:length].astype(x.dtype)
+    x = constrain(x, "batch", "length", None)
     # GPT-2 scales the residual-branch output projections by 1/sqrt(2 * depth).
     out_init = nn.initializers.normal(0.02 / math.sqrt(2 * self.depth))
     block = functools.partial(Block, self.num_heads, self.mlp_ratio, self.norm,

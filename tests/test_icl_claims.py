@@ -153,3 +153,43 @@ def test_bad_config_names_the_key(key, value):
     config.model.name = "transformer"
   with pytest.raises(ConfigError, match=f"^{key}:"):
     trainer.setup(config)
+
+
+def test_bayes_predictive_is_ridge_with_the_prior_and_calibrated():
+  spec = icl_data.Spec("noisy_linear", 4, 9, noise_std=0.5)
+  p = icl_data.sample(spec, jax.random.key(4), 4000)
+  mean, var = icl_claims.bayes_predictive(p["xs"], p["ys"], 0.25)
+  np.testing.assert_allclose(mean, baselines.ridge(p["xs"], p["ys"], 0.25), atol=1e-4)
+  cov = icl_claims.coverage(np.asarray(p["ys"])[:, 1:], mean[:, 1:], var[:, 1:])
+  np.testing.assert_allclose(cov, icl_claims.COVERAGE_LEVELS, atol=0.015)
+
+
+def test_martingale_gap_separates_bayes_from_the_averaging_estimator():
+  spec = icl_data.Spec("noisy_linear", 3, 8, noise_std=0.5)
+  r = icl_claims.martingale(baselines.averaging, spec, key=jax.random.key(0), num_prompts=512)
+  # Averaging treats a pseudo-pair as new evidence and moves; the Bayes mean does not, up to
+  # the sampling noise of the pseudo-pairs.
+  assert np.mean(r["model"]["martingale_gap"]) > 5 * np.mean(r["bayes"]["martingale_gap"])
+  assert max(r["bayes"]["order_variance"]) < 1e-8       # exchangeable by construction
+  assert max(r["model"]["order_variance"]) < 1e-8
+
+
+@pytest.mark.parametrize("name, claims", [
+    # gd_alignment, probes and ood run in tests/test_notebook.py (notebooks/icl_probes).
+    ("icl_bayes", ("uncertainty", "martingale", "algorithms")),
+    ("icl_mixture", ("selection",))])
+def test_every_claim_runs_on_a_tiny_run(name, claims, workdir):
+  config = experiment_config(name, "tiny", **{"eval.claims": claims, "eval.claim_prompts": 64,
+                                              "eval.num_prompts": 64, "eval.batch_size": 64,
+                                              "num_steps": 4, "optim.warmup_steps": 1,
+                                              "eval_every_steps": 100})
+  trainer.train_and_evaluate(config, workdir)
+  for claim in claims:
+    with open(os.path.join(workdir, "eval", f"{claim}.json")) as f:
+      r = json.load(f)
+    assert r["step"] == 4
+    assert os.path.exists(os.path.join(workdir, "eval", f"{claim}.png"))
+  if name == "icl_mixture":
+    for family, f in r["families"].items():
+      np.testing.assert_allclose(np.subtract(f["model"], f["oracle"]), f["regret"], atol=1e-9)
+      assert len(f["model"]) == config.data.n_points

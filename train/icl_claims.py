@@ -14,6 +14,7 @@ implicit weights), mean |y_hat - y_hat_GD*|, and the G fitted to the sensitiviti
 squares (g = G m over prompts) against G*, with its learned step tr(G)/d against tr(G*)/d (eta*
 for isotropic data). An LSA model's G is also read straight off its weights.
 """
+import dataclasses
 import os
 
 import jax
@@ -22,9 +23,17 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from substrax.data import icl as icl_data
-from substrax.train import reporting
+from substrax.models import baselines
+from substrax.train import ood, probes, reporting
 
-CLAIMS = ("gd_alignment",)
+CLAIMS = ("gd_alignment", "algorithms", "probes", "ood", "uncertainty", "martingale",
+          "selection")
+# The true-family reference of the model-selection claim: Bayes/OLS for dense linear data (the
+# posterior mean under the isotropic prior is the min-norm solution), the Lasso for sparse
+# data; other families have no closed form and use the best baseline at each k.
+ORACLES = {"linear": "least_squares", "sparse_linear": "lasso"}
+COVERAGE_LEVELS = (0.5, 0.8, 0.9, 0.95, 0.99)
+MARTINGALE_SAMPLES = 8   # pseudo-observations per prompt and k
 
 
 def noise_variance(spec) -> float:
@@ -70,10 +79,11 @@ def gd_alignment(predict_last, spec, params, *, key, num_prompts: int, lsa_layer
   xs, ys, m = np.asarray(xs, np.float64), np.asarray(ys, np.float64), np.asarray(m, np.float64)
 
   g_star = optimal_preconditioner(spec)
-  eta_star = n / (n + d + 1 + noise_variance(spec))   # the best scalar step
   gd_grad = m @ g_star.T                                   # dy/dx_q of GD*: G* m
   gd_pred = np.einsum("pd,pd->p", xs[:, -1], gd_grad)
-  scalar_pred = eta_star * np.einsum("pd,pd->p", xs[:, -1], m)
+  # The best single step size on these prompts (least squares): eta* only for isotropic data.
+  plain = np.einsum("pd,pd->p", xs[:, -1], m)
+  scalar_pred = plain * np.sum(plain * ys[:, -1]) / np.sum(plain * plain)
   cos = np.sum(grad * gd_grad, -1) / (np.linalg.norm(grad, axis=-1)
                                       * np.linalg.norm(gd_grad, axis=-1) + 1e-30)
   g_fit = np.linalg.lstsq(m, grad, rcond=None)[0].T        # grad_p = G m_p
@@ -83,7 +93,7 @@ def gd_alignment(predict_last, spec, params, *, key, num_prompts: int, lsa_layer
       "noise_variance": noise_variance(spec),
       "loss": {"model": float(np.mean((pred - target) ** 2)),
                "preconditioned_gd_optimal": float(np.mean((gd_pred - target) ** 2)),
-               "scalar_gd_optimal": float(np.mean((scalar_pred - target) ** 2))},
+               "scalar_gd_best": float(np.mean((scalar_pred - target) ** 2))},
       "sensitivity_cosine": {"mean": float(cos.mean()), "min": float(cos.min())},
       "mean_abs_prediction_difference": float(np.mean(np.abs(pred - gd_pred))),
       "mean_abs_target": float(np.mean(np.abs(target))),
@@ -109,8 +119,8 @@ def format_gd_alignment(r: dict) -> str:
   lines = [f"gd_alignment: d={r['n_dims']}, n={r['n_context']} context pairs, "
            f"{r['num_prompts']} held-out prompts",
            f"  loss: model {r['loss']['model']:.4f}, preconditioned GD* "
-           f"{r['loss']['preconditioned_gd_optimal']:.4f}, scalar GD* "
-           f"{r['loss']['scalar_gd_optimal']:.4f}",
+           f"{r['loss']['preconditioned_gd_optimal']:.4f}, best scalar-step GD "
+           f"{r['loss']['scalar_gd_best']:.4f}",
            f"  sensitivity cosine to GD*: mean {r['sensitivity_cosine']['mean']:.5f}, "
            f"min {r['sensitivity_cosine']['min']:.4f}",
            f"  mean |y_model - y_GD*|: {r['mean_abs_prediction_difference']:.4f} "
@@ -145,18 +155,356 @@ def plot_gd_alignment(path: str, r: dict, pred, gd_pred):
   fig.savefig(path)
 
 
-def run_claims(claims, *, predict_last, spec, params, lsa_layers, key, num_prompts, workdir,
-               step) -> dict:
-  """Runs each claim, writes eval/<claim>.json and .png, prints its summary."""
-  out = {}
+# ------------------------------------------------------------- Akyurek et al.: SPD and ILWD
+
+
+def algorithm_weights(spec, *, ridge_alpha: float, gd_steps: int) -> dict:
+  """Each reference algorithm as (xs, ys) -> implicit weights [B, n, d] per prefix."""
+  return {"least_squares": baselines.least_squares_weights,
+          "ridge": lambda xs, ys: baselines.ridge_weights(xs, ys, ridge_alpha),
+          "gd_optimal_step": lambda xs, ys: baselines.gd_optimal_step_weights(xs, ys),
+          f"gd_{gd_steps}_steps": lambda xs, ys: baselines.gd_steps_weights(xs, ys, gd_steps)}
+
+
+def implicit_weights(predict, xs, ys, queries):
+  """The model's implicit linear weights per prompt and prefix (Akyurek et al.): with the
+  first k pairs fixed, the least-squares fit (with intercept) of its predictions for fresh
+  queries [m, d] at position k. Returns (w [B, n, d], R^2 of the fit [B, n])."""
+  b, n, d = xs.shape
+  m = queries.shape[0]
+  run = jax.jit(predict)
+  design = np.concatenate([np.asarray(queries, np.float64), np.ones((m, 1))], 1)
+  w, r2 = np.zeros((b, n, d)), np.zeros((b, n))
+  for k in range(n):
+    # Prompt p, query j: x_k replaced by query j (only the first k pairs precede it).
+    probe = jnp.repeat(xs, m, 0).at[:, k].set(jnp.tile(queries, (b, 1)))
+    y = np.asarray(jax.device_get(run(probe, jnp.repeat(ys, m, 0))))[:, k].reshape(b, m)
+    coef = np.linalg.lstsq(design, y.T.astype(np.float64), rcond=None)[0]   # [d+1, b]
+    w[:, k] = coef[:d].T
+    resid = y - (design @ coef).T
+    r2[:, k] = 1 - resid.var(1) / np.maximum(y.var(1), 1e-30)
+  return w, r2
+
+
+def algorithms(predict, spec, *, key, num_prompts: int, ridge_alpha: float, gd_steps: int):
+  """SPD(model, A) = E (y_model - y_A)^2 / normaliser and ILWD(model, A) = E |w_model - w_A|^2
+  per prefix k, for each algorithm A, on held-out prompts (Akyurek et al. 2023)."""
+  kp, kq = jax.random.split(key)
+  prompts = icl_data.sample(spec, kp, num_prompts)
+  xs, ys = prompts["xs"], prompts["ys"]
+  m = 2 * spec.n_dims + 2
+  queries = jax.random.normal(kq, (m, spec.n_dims)) @ icl_data.covariance_root(spec)
+  w_model, fit_r2 = implicit_weights(predict, xs, ys, queries)
+  y_model = np.asarray(jax.jit(predict)(xs, ys), np.float64)
+  report = {"k": list(range(spec.n_points)), "num_prompts": int(num_prompts),
+            "num_queries": int(m), "implicit_fit_r2": fit_r2.mean(0).tolist(),
+            "normalizer": spec.normalizer, "algorithms": {}}
+  x = np.asarray(xs, np.float64)
+  for name, fn in algorithm_weights(spec, ridge_alpha=ridge_alpha, gd_steps=gd_steps).items():
+    w_alg = np.asarray(jax.block_until_ready(jax.jit(fn)(xs, ys)), np.float64)
+    y_alg = np.einsum("bkd,bkd->bk", x, w_alg)
+    report["algorithms"][name] = {
+        "spd": (((y_model - y_alg) ** 2).mean(0) / spec.normalizer).tolist(),
+        "ilwd": np.sum((w_model - w_alg) ** 2, -1).mean(0).tolist()}
+  return report
+
+
+def format_algorithms(r: dict) -> str:
+  n = len(r["k"])
+  shown = sorted({1, n // 2, n - 1})
+  rows = {}
+  for name, a in r["algorithms"].items():
+    rows[name] = [a["spd"][k] for k in shown] + [a["ilwd"][k] for k in shown]
+  cols = [f"SPD k={k}" for k in shown] + [f"ILWD k={k}" for k in shown]
+  fit = ", ".join(f"{r['implicit_fit_r2'][k]:.3f}" for k in shown)
+  return (f"algorithms: the model against each algorithm ({r['num_prompts']} prompts; implicit "
+          f"weights from {r['num_queries']} queries, fit R^2 {fit} at k = {shown})\n"
+          + reporting.format_table(cols, rows, first="algorithm"))
+
+
+def plot_algorithms(path: str, r: dict):
+  fig = Figure(figsize=(10, 3.6), dpi=110)
+  for i, metric in enumerate(("spd", "ilwd")):
+    ax = fig.add_subplot(1, 2, i + 1)
+    for name, a in r["algorithms"].items():
+      ax.plot(r["k"][1:], a[metric][1:], marker="o", ms=3, label=name)
+    ax.set(xlabel="in-context examples k", yscale="log",
+           ylabel={"spd": "SPD (squared prediction difference / normaliser)",
+                   "ilwd": "ILWD (squared implicit-weight distance)"}[metric])
+    ax.grid(alpha=0.3)
+  fig.axes[-1].legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path)
+
+
+# ------------------------------------------------------- uncertainty and the martingale check
+
+
+def bayes_predictive(xs, ys, noise_var: float, cov_w=None):
+  """The exact posterior predictive of Bayesian linear regression with w ~ N(0, cov_w) (I by
+  default) and known noise variance, per prefix: (mean, variance) [B, n], float64 on the host."""
+  x, y = np.asarray(xs, np.float64), np.asarray(ys, np.float64)
+  b, n, d = x.shape
+  s2 = max(noise_var, 1e-8)
+  prior = np.linalg.inv(np.eye(d) if cov_w is None else np.asarray(cov_w, np.float64))
+  mean, var = np.zeros((b, n)), np.zeros((b, n))
+  for k in range(n):
+    xk, yk = x[:, :k], y[:, :k]
+    post = np.linalg.inv(np.einsum("bkd,bke->bde", xk, xk) / s2 + prior)
+    mu = np.einsum("bde,be->bd", post, np.einsum("bkd,bk->bd", xk, yk) / s2)
+    mean[:, k] = np.einsum("bd,bd->b", x[:, k], mu)
+    var[:, k] = noise_var + np.einsum("bd,bde,be->b", x[:, k], post, x[:, k])
+  return mean, var
+
+
+def gaussian_nll(y, mean, var):
+  return 0.5 * (np.log(2 * np.pi * var) + (y - mean) ** 2 / var)
+
+
+def coverage(y, mean, var, levels=COVERAGE_LEVELS):
+  """Fraction of targets inside each central interval mean +- z sqrt(var)."""
+  z = np.asarray(jax.scipy.special.ndtri(0.5 + np.asarray(levels) / 2), np.float64)
+  inside = np.abs(y - mean)[..., None] <= z * np.sqrt(var)[..., None]
+  return inside.reshape(-1, len(levels)).mean(0)
+
+
+def uncertainty(distribution, spec, *, key, num_prompts: int):
+  """The model's predictive mean and variance against the Bayes posterior predictive (known
+  prior and noise): NLL per k, their gap, and the coverage of central intervals."""
+  prompts = icl_data.sample(spec, key, num_prompts)
+  xs, ys = prompts["xs"], prompts["ys"]
+  mean, var = (np.asarray(v, np.float64) for v in jax.jit(distribution)(xs, ys))
+  cov_w = (np.linalg.inv(np.asarray(icl_data.covariance_matrix(spec), np.float64))
+           if spec.weight_covariance == "inverse" else None)
+  b_mean, b_var = bayes_predictive(xs, ys, noise_variance(spec), cov_w)
+  y = np.asarray(ys, np.float64)
+  nll, b_nll = gaussian_nll(y, mean, var), gaussian_nll(y, b_mean, b_var)
+  gap, gap_ci = reporting.bootstrap_mean(nll - b_nll, 1000)
+  return {"k": list(range(spec.n_points)), "num_prompts": int(num_prompts),
+          "noise_variance": noise_variance(spec),
+          "nll": {"model": nll.mean(0).tolist(), "bayes": b_nll.mean(0).tolist()},
+          "nll_gap": {"mean": gap.tolist(), "ci95": gap_ci.tolist()},
+          "mse": {"model": ((mean - y) ** 2).mean(0).tolist(),
+                  "bayes": ((b_mean - y) ** 2).mean(0).tolist()},
+          "variance_ratio": (var / b_var).mean(0).tolist(),
+          "coverage_levels": list(COVERAGE_LEVELS),
+          "coverage": {"model": coverage(y[:, 1:], mean[:, 1:], var[:, 1:]).tolist(),
+                       "bayes": coverage(y[:, 1:], b_mean[:, 1:], b_var[:, 1:]).tolist()}}
+
+
+def format_uncertainty(r: dict) -> str:
+  n = len(r["k"])
+  shown = sorted({1, n // 2, n - 1})
+  rows = {"model NLL": [r["nll"]["model"][k] for k in shown],
+          "Bayes NLL": [r["nll"]["bayes"][k] for k in shown],
+          "NLL gap": [r["nll_gap"]["mean"][k] for k in shown],
+          "var / Bayes var": [r["variance_ratio"][k] for k in shown]}
+  cov = ", ".join(f"{lvl:.0%}: {m:.3f} (Bayes {b:.3f})" for lvl, m, b in zip(
+      r["coverage_levels"], r["coverage"]["model"], r["coverage"]["bayes"]))
+  return (f"uncertainty: Gaussian head against the Bayes posterior predictive "
+          f"({r['num_prompts']} prompts, noise variance {r['noise_variance']:g})\n"
+          + reporting.format_table([f"k={k}" for k in shown], rows, first="")
+          + f"\ninterval coverage (k >= 1): {cov}")
+
+
+def plot_uncertainty(path: str, r: dict):
+  fig = Figure(figsize=(10, 3.6), dpi=110)
+  ax = fig.add_subplot(1, 2, 1)
+  for name in ("model", "bayes"):
+    ax.plot(r["k"], r["nll"][name], marker="o", ms=3, label=name)
+  ax.set(xlabel="in-context examples k", ylabel="Gaussian NLL")
+  ax.legend()
+  ax.grid(alpha=0.3)
+  ax = fig.add_subplot(1, 2, 2)
+  for name in ("model", "bayes"):
+    ax.plot(r["coverage_levels"], r["coverage"][name], marker="o", label=name)
+  ax.plot([0.4, 1], [0.4, 1], "k--", lw=1)
+  ax.set(xlabel="nominal coverage", ylabel="empirical coverage", title="calibration")
+  ax.legend()
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path)
+
+
+def martingale(predict, spec, *, key, num_prompts: int):
+  """How far the predictive mean is from a martingale (Falck et al. 2024): after k pairs, add a
+  pseudo-pair (x_{k+1}, y~) with y~ drawn from the model's own predictive (its mean plus the
+  task noise), then predict a fresh query x_q. A Bayesian predictor's mean at x_q is then
+  unchanged in expectation. Reports E[(E_y~ mu_{k+1}(x_q) - mu_k(x_q))^2] / normaliser per k
+  for the model and for the Bayes posterior mean (the floor set by the finite sample of y~),
+  and the spread of mu_k(x_q) over orderings of the k pairs (exchangeability)."""
+  kp, kq, ke, kperm = jax.random.split(key, 4)
+  prompts = icl_data.sample(spec, kp, num_prompts)
+  xs, ys = prompts["xs"], prompts["ys"]
+  n, d = spec.n_points, spec.n_dims
+  x_q = jax.random.normal(kq, (num_prompts, d)) @ icl_data.covariance_root(spec)
+  sigma = np.sqrt(noise_variance(spec))
+  bayes = lambda x, y: jnp.asarray(bayes_predictive(x, y, noise_variance(spec))[0])
+  out = {"k": list(range(1, n - 1)), "num_prompts": int(num_prompts),
+         "samples": MARTINGALE_SAMPLES}
+  for name, fn in (("model", jax.jit(predict)), ("bayes", bayes)):
+    gaps, spread = [], []
+    for k in range(1, n - 1):
+      now = np.asarray(fn(xs.at[:, k].set(x_q), ys))[:, k]
+      y_next = np.asarray(fn(xs, ys))[:, k]                      # mu_k(x_{k+1})
+      eps = jax.random.normal(jax.random.fold_in(ke, k), (MARTINGALE_SAMPLES, num_prompts))
+      after = []
+      for s in range(MARTINGALE_SAMPLES):
+        y_s = ys.at[:, k].set(y_next + sigma * np.asarray(eps[s]))
+        after.append(np.asarray(fn(xs.at[:, k + 1].set(x_q), y_s))[:, k + 1])
+      gaps.append(float(np.mean((np.mean(after, 0) - now) ** 2) / spec.normalizer))
+      # The same k pairs in 4 random orders: the spread of mu_k(x_q).
+      perms = [jax.random.permutation(jax.random.fold_in(kperm, 10 * k + r), k)
+               for r in range(4)]
+      order = [np.asarray(fn(jnp.concatenate([xs[:, p], x_q[:, None], xs[:, k + 1:]], 1),
+                             jnp.concatenate([ys[:, p], ys[:, k:]], 1)))[:, k] for p in perms]
+      spread.append(float(np.mean(np.var(order, 0)) / spec.normalizer))
+    out[name] = {"martingale_gap": gaps, "order_variance": spread}
+  return out
+
+
+def format_martingale(r: dict) -> str:
+  shown = sorted({r["k"][0], r["k"][len(r["k"]) // 2], r["k"][-1]})
+  idx = [r["k"].index(k) for k in shown]
+  rows = {f"{name} {metric}": [r[name][metric][i] for i in idx]
+          for name in ("model", "bayes") for metric in ("martingale_gap", "order_variance")}
+  return (f"martingale: predictive-mean drift after a self-drawn pseudo-pair, and spread over "
+          f"orderings ({r['num_prompts']} prompts, {r['samples']} draws; / normaliser)\n"
+          + reporting.format_table([f"k={k}" for k in shown], rows, first=""))
+
+
+def plot_martingale(path: str, r: dict):
+  fig = Figure(figsize=(10, 3.6), dpi=110)
+  for i, metric in enumerate(("martingale_gap", "order_variance")):
+    ax = fig.add_subplot(1, 2, i + 1)
+    for name in ("model", "bayes"):
+      ax.plot(r["k"], np.maximum(r[name][metric], 1e-12), marker="o", ms=3, label=name)
+    ax.set(xlabel="in-context examples k", ylabel=metric.replace("_", " "), yscale="log")
+    ax.legend()
+    ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path)
+
+
+# ---------------------------------------------------------------------- model selection
+
+
+def selection(predict, spec, *, key, num_prompts: int, baseline_fns: dict):
+  """A model trained on a mixture of families, scored on each family alone: its error per k
+  and its regret against the true-family reference (ORACLES, else the best baseline)."""
+  out = {"k": list(range(spec.n_points)), "num_prompts": int(num_prompts), "families": {}}
+  run = jax.jit(predict)
+  for i, family in enumerate(spec.mixture):
+    fam = dataclasses.replace(spec, function_class=family)
+    prompts = icl_data.sample(fam, jax.random.fold_in(key, i), num_prompts)
+    xs, ys = prompts["xs"], prompts["ys"]
+    err = lambda pred: ((np.asarray(pred, np.float64) - np.asarray(ys)) ** 2
+                        / fam.normalizer).mean(0)
+    model = err(run(xs, ys))
+    base = {name: err(jax.block_until_ready(jax.jit(fn)(xs, ys)))
+            for name, fn in baseline_fns.items()}
+    oracle = (base[ORACLES[family]] if family in ORACLES
+              else np.min([v for k, v in base.items() if k != "zero"], 0))
+    out["families"][family] = {
+        "model": model.tolist(), "oracle": oracle.tolist(),
+        "oracle_name": ORACLES.get(family, "best baseline per k"),
+        "regret": (model - oracle).tolist(), "baselines": {k: v.tolist() for k, v in base.items()},
+        "metric": fam.metric}
+  return out
+
+
+def format_selection(r: dict) -> str:
+  n = len(r["k"])
+  shown = sorted({1, n // 2, n - 1})
+  rows = {}
+  for family, f in r["families"].items():
+    rows[f"{family} model"] = [f["model"][k] for k in shown]
+    rows[f"{family} {f['oracle_name']}"] = [f["oracle"][k] for k in shown]
+    rows[f"{family} regret"] = [f["regret"][k] for k in shown]
+  return (f"selection: the mixture-trained model on each family ({r['num_prompts']} prompts; "
+          f"normalised squared error)\n"
+          + reporting.format_table([f"k={k}" for k in shown], rows, first=""))
+
+
+def plot_selection(path: str, r: dict):
+  fams = list(r["families"])
+  fig = Figure(figsize=(4 * len(fams), 3.6), dpi=110)
+  for i, family in enumerate(fams):
+    f = r["families"][family]
+    ax = fig.add_subplot(1, len(fams), i + 1)
+    ax.plot(r["k"], f["model"], lw=2.5, label="mixture model")
+    ax.plot(r["k"], f["oracle"], "k--", label=f["oracle_name"])
+    ax.set(xlabel="in-context examples k", ylabel=f["metric"], title=family, ylim=(0, 1.5))
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path)
+
+
+# ------------------------------------------------------------------------------ the runner
+
+
+def probe_positions(spec) -> list:
+  return sorted({k for k in (max(1, spec.n_dims // 2), spec.n_dims, spec.n_points - 1)
+                 if 1 <= k < spec.n_points})
+
+
+def run_claims(claims, *, model, params, init_params, predict, predict_last, distribution,
+               predictors, spec, eval_config, lsa_layers, key, workdir, step) -> dict:
+  """Runs each claim, writes eval/<claim>.json and .png, prints its summary.
+
+  predict(xs, ys) -> [B, n], predict_last(xs, ys) -> [B] and distribution(xs, ys) -> (mean,
+  var) [B, n] (a Gaussian head only) are the trained model's;
+  predictors are every (xs, ys) -> [B, n] to compare (the model first, then the baselines);
+  init_params(key) gives an untrained model's params (the probes' control).
+  """
+  e, out = eval_config, {}
   for claim in claims:
+    path = os.path.join(workdir, "eval", claim)
+    ckey = jax.random.fold_in(key, CLAIMS.index(claim))
     if claim == "gd_alignment":
-      report, (pred, gd_pred) = gd_alignment(predict_last, spec, params, key=key,
-                                              num_prompts=num_prompts, lsa_layers=lsa_layers)
-      report["step"] = int(step)
-      path = os.path.join(workdir, "eval", claim)
-      reporting.write_json(path + ".json", report)
+      report, (pred, gd_pred) = gd_alignment(predict_last, spec, params, key=ckey,
+                                              num_prompts=e.claim_prompts, lsa_layers=lsa_layers)
       plot_gd_alignment(path + ".png", report, pred, gd_pred)
-      print(format_gd_alignment(report))
-      out[claim] = report
+      summary = format_gd_alignment(report)
+    elif claim == "algorithms":
+      report = algorithms(predict, spec, key=ckey, num_prompts=min(e.claim_prompts, 1024),
+                          ridge_alpha=e.ridge_alpha, gd_steps=e.gd_steps)
+      plot_algorithms(path + ".png", report)
+      summary = format_algorithms(report)
+    elif claim == "probes":
+      recoverable = spec.function_class in ("linear", "sparse_linear") and (
+          spec.n_points >= spec.n_dims)
+      targets = [t for t in probes.TARGETS if t != "w" or recoverable]
+      report = probes.probe_report(model, params, init_params(jax.random.fold_in(ckey, 1)),
+                                   spec, ckey, num_prompts=e.claim_prompts,
+                                   positions=probe_positions(spec), targets=targets, eta=1.0)
+      probes.plot_probes(path + ".png", report)
+      summary = "probes (R^2 on held-out prompts; controls: untrained model, shuffled targets)\n" \
+          + probes.format_probe_table(report)
+    elif claim == "uncertainty":
+      report = uncertainty(distribution, spec, key=ckey, num_prompts=e.claim_prompts)
+      plot_uncertainty(path + ".png", report)
+      summary = format_uncertainty(report)
+    elif claim == "martingale":
+      report = martingale(predict, spec, key=ckey, num_prompts=min(e.claim_prompts, 1024))
+      plot_martingale(path + ".png", report)
+      summary = format_martingale(report)
+    elif claim == "selection":
+      baseline_fns = {k: v for k, v in predictors.items() if k != next(iter(predictors))}
+      report = selection(predict, spec, key=ckey, num_prompts=min(e.claim_prompts, 2048),
+                         baseline_fns=baseline_fns)
+      plot_selection(path + ".png", report)
+      summary = format_selection(report)
+    else:
+      # Without the Lasso: its 300 FISTA iterations, compiled per setting, cost more than the
+      # rest of the table, and for dense linear data it tracks least squares.
+      report = ood.ood_report({k: v for k, v in predictors.items() if k != "lasso"}, spec, ckey,
+                              e.claim_prompts, e.batch_size, n_boot=e.bootstrap)
+      ood.plot_ood(path + ".png", report)
+      summary = "ood: Garg et al.'s out-of-distribution prompts\n" + ood.format_ood_table(report)
+    report["step"] = int(step)
+    reporting.write_json(path + ".json", report)
+    print(summary)
+    out[claim] = report
   return out

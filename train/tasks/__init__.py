@@ -11,7 +11,7 @@ import flax.linen as nn
 from substrax.train.validation import ConfigError
 
 REGISTRY = {"icl": "substrax.train.tasks.icl", "lra": "substrax.train.tasks.lra",
-            "video": "substrax.train.tasks.video"}
+            "video": "substrax.train.tasks.video", "mesa": "substrax.train.tasks.mesa"}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,6 +3,7 @@ error curves against the algorithm baselines, and the claims of train/icl_claims
 import functools
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +16,10 @@ from substrax.train.tasks import Task
 from substrax.train.validation import check_backbone, require
 
 MODELS = ("transformer", "lsa")
+
+
+def spec_is_classification(d) -> bool:
+  return d.function_class == "linear_classification"
 LOSS_ON = ("all", "last")   # every prefix (Garg) or only the last query (von Oswald, Ahn)
 
 
@@ -61,12 +66,27 @@ def validate(config):
     check_backbone(m)
     require(m.encoding in icl_models.ENCODINGS, "model.encoding",
             f"unknown encoding {m.encoding!r}; choose one of {', '.join(icl_models.ENCODINGS)}")
+    require(m.head in icl_models.HEADS, "model.head",
+            f"unknown head {m.head!r}; choose one of {', '.join(icl_models.HEADS)}")
+    require(m.head == "mean" or not spec_is_classification(d), "model.head",
+            "a Gaussian head needs a regression function class")
   else:
     require(m.lsa.num_layers > 0, "model.lsa.num_layers",
             f"must be positive, got {m.lsa.num_layers}")
   e = config.eval
   require(set(e.claims) <= set(icl_claims.CLAIMS), "eval.claims",
           f"must be names from {icl_claims.CLAIMS}, got {tuple(e.claims)}")
+  require("uncertainty" not in e.claims or (m.name == "transformer" and m.head == "gaussian"),
+          "eval.claims", "uncertainty needs model.head='gaussian' (a transformer)")
+  require("uncertainty" not in e.claims or d.function_class in ("linear", "noisy_linear"),
+          "eval.claims", "uncertainty compares with the Bayes predictive of (noisy) linear data")
+  require("selection" not in e.claims or d.function_class == "mixture", "eval.claims",
+          "selection scores a model trained on data.function_class='mixture'")
+  require("probes" not in e.claims or m.name == "transformer", "eval.claims",
+          "probes read a transformer's residual stream; model.name is 'lsa'")
+  require("ood" not in e.claims or not (d.function_class == "linear_classification"
+                                        or d.n_dims < 2), "eval.claims",
+          "the OOD suite scores squared error with n_dims >= 2")
   require(e.num_prompts > 0 and e.batch_size > 0, "eval.num_prompts/batch_size",
           f"must be positive, got {e.num_prompts}, {e.batch_size}")
   require(1 <= e.knn_k <= d.n_points, "eval.knn_k", f"must be in [1, n_points], got {e.knn_k}")
@@ -80,7 +100,7 @@ def make_model(config):
   return icl_models.ICLTransformer(
       n_points=config.data.n_points, width=m.width, depth=m.depth, num_heads=m.num_heads,
       mlp_ratio=m.mlp_ratio, norm=m.norm, attention=attention.layer_kwargs(m.attention),
-      encoding=m.encoding, dtype=jnp.dtype(m.dtype))
+      encoding=m.encoding, head=m.head, positions=m.positions, dtype=jnp.dtype(m.dtype))
 
 
 def pointwise_loss(spec: icl_data.Spec, preds, ys):
@@ -111,13 +131,20 @@ def build(config) -> Task:
     batch["weights"] = jnp.broadcast_to(jnp.arange(n) < points, (config.batch_size, n))
     return batch
 
+  gaussian = config.model.name == "transformer" and config.model.head == "gaussian"
   feature_key = jax.random.fold_in(jax.random.key(config.seed), 2)
+  init_inputs = (jnp.zeros((1, n, d)), jnp.zeros((1, n)))
 
   def predict(params, step, xs, ys, method="__call__"):
     rngs = attention.feature_rngs(feature_key, step, config.model.attention.redraw_every)
     return model.apply({"params": params}, xs, ys, rngs=rngs, method=method)
 
   def loss_fn(params, model_state, batch, step):
+    if gaussian:   # the predictive mean and variance, by the Gaussian NLL on every prefix
+      mean, var = predict(params, step, batch["xs"], batch["ys"], "distribution")
+      nll = 0.5 * (jnp.log(var) + (batch["ys"] - mean) ** 2 / var)
+      w = batch["weights"].astype(jnp.float32)
+      return jnp.sum(nll * w) / jnp.sum(w), ({}, model_state)
     if config.data.loss_on == "last":   # one query per prompt, after n - 1 pairs
       preds = predict(params, step, batch["xs"], batch["ys"], "predict_last")
       return jnp.mean(pointwise_loss(spec, preds, batch["ys"][:, -1])), ({}, model_state)
@@ -155,10 +182,10 @@ def build(config) -> Task:
   # The model's "params" are (params, step): the step picks Performer's feature draw.
   name = config.model.name
   predictors = {name: lambda params_step, xs, ys: predict(*params_step, xs, ys)}
-  predictors.update({
-      k: lambda _, xs, ys, fn=fn: fn(xs, ys) for k, fn in baselines.baseline_fns(
-          ridge_alpha=e.ridge_alpha, lasso_alpha=e.lasso_alpha, knn_k=e.knn_k,
-          gd_steps_n=e.gd_steps, noise_var=spec.noise_std**2).items()})
+  baseline_fns = baselines.baseline_fns(
+      ridge_alpha=e.ridge_alpha, lasso_alpha=e.lasso_alpha, knn_k=e.knn_k,
+      gd_steps_n=e.gd_steps, noise_var=spec.noise_std**2)
+  predictors.update({k: lambda _, xs, ys, fn=fn: fn(xs, ys) for k, fn in baseline_fns.items()})
   error_fns = {k: errors_of(p) if k == name else on_one_device(errors_of(p))
                for k, p in predictors.items()}
 
@@ -167,16 +194,21 @@ def build(config) -> Task:
     payload = evaluate_prompts(
         config, spec, {k: functools.partial(fn, params=(params, step) if k == name else None)
                        for k, fn in error_fns.items()}, workdir, step)
+    predict_all = functools.partial(predict, params, step)
     payload["claims"] = icl_claims.run_claims(
-        e.claims, predict_last=functools.partial(predict, params, step, method="predict_last"),
-        spec=spec, params=params,
+        e.claims, model=model, params=params,
+        # Inside the training mesh the batch dimension must split over every device.
+        init_params=lambda key: nn.meta.unbox(model.init(key, *(
+            jnp.repeat(x, jax.device_count(), 0) for x in init_inputs)))["params"],
+        predict=predict_all,
+        predict_last=functools.partial(predict, params, step, method="predict_last"),
+        distribution=functools.partial(predict, params, step, method="distribution"),
+        predictors={name: predict_all, **baseline_fns}, spec=spec, eval_config=e,
         lsa_layers=config.model.lsa.num_layers if config.model.name == "lsa" else 0,
-        key=jax.random.fold_in(jax.random.key(e.seed), 1), num_prompts=e.claim_prompts,
-        workdir=workdir, step=step)
+        key=jax.random.fold_in(jax.random.key(e.seed), 1), workdir=workdir, step=step)
     return payload
 
-  zeros = jnp.zeros((1, n, d))
-  return Task(model=model, init_inputs=(zeros, zeros[..., 0]), sample_batch=sample_batch,
+  return Task(model=model, init_inputs=init_inputs, sample_batch=sample_batch,
               batch_axes={"xs": ("batch", None, None), "ys": ("batch", None),
                           "weights": ("batch", None)},
               loss_fn=loss_fn, eval_step=eval_step, evaluate=evaluate)
