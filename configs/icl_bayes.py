@@ -5,7 +5,7 @@
       --config.model.positions=False
 
 Noisy linear regression (d = 5, noise std 0.5, w ~ N(0, I)) with a mean-and-variance head
-trained by the Gaussian NLL (Liu et al. 2024). eval/uncertainty.json: the NLL per k against the
+(Liu et al. 2024): the mean trained by squared error, the variance by the Gaussian NLL. eval/uncertainty.json: the NLL per k against the
 exact Bayes posterior predictive, their gap with a bootstrap interval, and interval coverage.
 eval/martingale.json: how far the predictive mean moves, in expectation, after a pseudo-pair
 drawn from the model's own predictive (zero for a Bayesian predictor), and its spread over

@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from substrax.data import icl as icl_data
 from substrax.models import attention, baselines
@@ -140,11 +141,16 @@ def build(config) -> Task:
     return model.apply({"params": params}, xs, ys, rngs=rngs, method=method)
 
   def loss_fn(params, model_state, batch, step):
-    if gaussian:   # the predictive mean and variance, by the Gaussian NLL on every prefix
+    if gaussian:
+      # Separate objectives (Liu et al. 2024): squared error for the mean, the Gaussian NLL
+      # for the variance with the mean held fixed. Under the joint NLL the variance head
+      # explains every error away and the mean never leaves 0 (measured: error/d 1.11 at
+      # k=10 after 12k steps, the zero predictor's).
       mean, var = predict(params, step, batch["xs"], batch["ys"], "distribution")
-      nll = 0.5 * (jnp.log(var) + (batch["ys"] - mean) ** 2 / var)
+      resid = batch["ys"] - mean
+      nll = 0.5 * (jnp.log(var) + lax.stop_gradient(resid) ** 2 / var)
       w = batch["weights"].astype(jnp.float32)
-      return jnp.sum(nll * w) / jnp.sum(w), ({}, model_state)
+      return jnp.sum((resid ** 2 + nll) * w) / jnp.sum(w), ({}, model_state)
     if config.data.loss_on == "last":   # one query per prompt, after n - 1 pairs
       preds = predict(params, step, batch["xs"], batch["ys"], "predict_last")
       return jnp.mean(pointwise_loss(spec, preds, batch["ys"][:, -1])), ({}, model_state)
