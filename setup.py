@@ -27,6 +27,7 @@ setup(
         "flax>=0.12.8",
         "optax>=0.2.8",
         "orbax-checkpoint>=0.12.8",
+        "etils[epath]>=1.7",   # checkpoint paths, local or gs://
         "chex>=0.1.92",
         "ml-collections>=1.1.0",
         "absl-py>=2.1",

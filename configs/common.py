@@ -1,9 +1,10 @@
 """Defaults every experiment shares: trainer, optimizer, mesh, checkpoints, logging.
 
-Configs are plain data. An experiment file calls `base_config()`, fills in `task`, `data`,
+Configs are plain data. An experiment file calls `base_config(preset)`, fills in `task`, `data`,
 `model` and `eval`, then applies one of the presets `tiny`, `cpu`, `gpu`, `pod`.
 """
 import ml_collections
+from ml_collections import config_dict
 
 PRESETS = ("tiny", "cpu", "gpu", "pod")
 
@@ -20,16 +21,31 @@ LOGICAL_AXIS_RULES = (
 )
 
 
-def base_config() -> ml_collections.ConfigDict:
+def base_config(preset: str) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.task = ""
   c.seed = 0
   c.num_steps = 1000
   c.batch_size = 64  # global batch, split over the data and fsdp mesh axes
 
-  # Mesh axes are (data, fsdp, model); one entry may be -1 to take the remaining devices.
-  c.mesh_shape = (-1, 1, 1)
+  # The mesh has axes (data, fsdp, model). `parallelism` names a layout (substrax.train.mesh.
+  # PARALLELISM): data (replicated parameters), fsdp (parameters and optimizer state sharded over
+  # every device), tensor (heads and mlp over every device) or fsdp_tensor (fsdp x model=2).
+  # `mesh_shape` sets the shape explicitly instead, one entry may be -1 for the remaining
+  # devices, e.g. (2, 4, 1); set one of the two.
+  c.parallelism = "data"
+  c.mesh_shape = config_dict.placeholder(tuple)
   c.logical_axis_rules = LOGICAL_AXIS_RULES
+
+  # Multi-process runs (TPU pod slices, multi-node GPU): jax.distributed.initialize before
+  # anything else. Unset fields come from $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES and
+  # $JAX_PROCESS_ID, or else from the cluster (Cloud TPU, SLURM, Open MPI, Kubernetes).
+  c.distributed = ml_collections.ConfigDict(dict(
+      enabled=preset == "pod",
+      coordinator_address=config_dict.placeholder(str),   # host:port of process 0
+      num_processes=config_dict.placeholder(int),
+      process_id=config_dict.placeholder(int),
+  ))
 
   c.optim = ml_collections.ConfigDict(dict(
       learning_rate=1e-3,   # peak of the warmup-cosine schedule
@@ -41,7 +57,12 @@ def base_config() -> ml_collections.ConfigDict:
       grad_clip_norm=1.0,
   ))
 
-  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3))
+  c.checkpoint = ml_collections.ConfigDict(dict(
+      every_steps=1000, keep=3,
+      # None: WORKDIR/checkpoints. Any path Orbax writes, e.g. gs://bucket/run/checkpoints on
+      # a TPU pod, where every host must see the same directory.
+      directory=config_dict.placeholder(str),
+  ))
   c.log_every_steps = 100
   c.eval_every_steps = 1000
   c.progress_bar = True
@@ -80,7 +101,7 @@ def classifier_config() -> ml_collections.ConfigDict:
 
 def lra_base(preset: str) -> ml_collections.ConfigDict:
   """Trainer defaults shared by the LRA configs; each file adds `data` and its presets."""
-  c = base_config()
+  c = base_config(preset)
   c.task = "lra"
   c.model = classifier_config()
   c.eval = ml_collections.ConfigDict(dict(

@@ -39,7 +39,7 @@ from substrax.configs import common
 def base(preset: str, dataset: str) -> ml_collections.ConfigDict:
   """The video task's config for either dataset (fluid_grayscott.py and fluid_paper.py too)."""
   preset = common.check_preset(preset)
-  c = common.base_config()
+  c = common.base_config(preset)
   c.task = "video"
   c.batch_size = 16
   c.optim.update(learning_rate=3e-4, warmup_steps=150, weight_decay=0.04, grad_clip_norm=1.0)

@@ -15,7 +15,7 @@ from substrax.configs import common
 
 def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
   preset = common.check_preset(preset)
-  c = common.base_config()
+  c = common.base_config(preset)
   c.task = "icl"
 
   c.data = ml_collections.ConfigDict(dict(

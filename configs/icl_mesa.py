@@ -18,7 +18,7 @@ from substrax.configs import common
 
 def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
   preset = common.check_preset(preset)
-  c = common.base_config()
+  c = common.base_config(preset)
   c.task = "mesa"
   c.data = ml_collections.ConfigDict(dict(
       n_dims=5,

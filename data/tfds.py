@@ -8,7 +8,9 @@ plain numpy arrays:
          (LRA: train[:90%] to train, train[90%:] to validate, test to test).
   Text:  IMDB reviews as UTF-8 bytes, token = byte + 1 so that 0 is padding, 2 classes.
 """
+import contextlib
 import itertools
+import logging
 from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
@@ -25,6 +27,23 @@ CHUNK = 4096   # records per numpy step: bounds the float temporaries to a few t
 
 # ITU-R BT.601 luma weights as used by tf.image.rgb_to_grayscale, which LRA applied.
 _LUMA = np.array([0.2989, 0.5870, 0.1140], np.float32)
+
+
+class DataSourceError(Exception):
+  """A dataset that is not prepared, or whose records do not have the expected schema; the
+  message is one line naming the dataset and its directory (the CLIs print it, exit 2)."""
+
+
+@contextlib.contextmanager
+def schema_errors(name: str, split: str, data_dir: str | None):
+  """Turns a conversion's KeyError/ValueError/TypeError into one DataSourceError line."""
+  try:
+    yield
+  except (KeyError, ValueError, TypeError) as e:
+    where = data_dir or "the default TFDS data_dir"
+    raise DataSourceError(
+        f"TFDS dataset {name!r} split {split!r} in {where}: its records do not have the "
+        f"expected schema ({type(e).__name__}: {e})") from e
 
 
 def _chunks(records: Iterable, size: int = CHUNK) -> Iterator[list]:
@@ -102,6 +121,10 @@ def open_source(name: str, split: str, data_dir: str | None, *, needs: str = "Te
   except ImportError as e:
     raise ImportError("reading TFDS datasets needs tensorflow-datasets and array_record: "
                       "pip install 'substrax[tfds]'") from e
+  # TFDS warns about each empty version folder it meets: the error below says it once.
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)
   try:
     # download=False: fetching here would need the network and usually TensorFlow.
     return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
@@ -112,10 +135,12 @@ def open_source(name: str, split: str, data_dir: str | None, *, needs: str = "Te
     if builder.is_prepared():
       raise
     where = data_dir or "the default TFDS data_dir"
-    raise FileNotFoundError(
+    raise DataSourceError(
         f"TFDS dataset {name!r} is not prepared in {where} (looked in {builder.data_dir}); "
         f"prepare it on a machine with network and {needs} with `tfds build {name} "
         f"--file_format=array_record --data_dir=...`, then copy the data_dir here") from e
+  finally:
+    absl_logger.setLevel(level)
 
 
 def load(name: str, split: str, data_dir: str | None = None, *,
@@ -136,8 +161,8 @@ def load(name: str, split: str, data_dir: str | None = None, *,
     raise ValueError(f"unknown dataset {name!r}; expected one of {NAMES}")
   if (name == "imdb_reviews") != (max_length is not None):
     raise ValueError("max_length is required for imdb_reviews and not accepted for cifar10")
-  source = open_source(name, split, data_dir)
-  records = _records(source)
-  if name == "cifar10":
-    return cifar10_grey(records)
-  return imdb_bytes(records, max_length)
+  records = _records(open_source(name, split, data_dir))
+  with schema_errors(name, split, data_dir):
+    if name == "cifar10":
+      return cifar10_grey(records)
+    return imdb_bytes(records, max_length)

@@ -529,6 +529,7 @@ def load_tfds(name: str, split: str, data_dir: str | None = None, *, size=None,
     raise ValueError(f"unknown arguments {sorted(unknown)}")
   _check_dtype(dtype)
   records = tfds_lra._records(_data_source(name, split, data_dir))
-  if base == "moving_mnist":
-    return moving_mnist_records(records, size=size, dtype=dtype)
-  return ucf101_records(records, size=size, dtype=dtype, **clip_args)
+  with tfds_lra.schema_errors(name, split, data_dir):
+    if base == "moving_mnist":
+      return moving_mnist_records(records, size=size, dtype=dtype)
+    return ucf101_records(records, size=size, dtype=dtype, **clip_args)

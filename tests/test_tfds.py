@@ -84,7 +84,7 @@ def test_load_imdb_through_data_source(tfds_dir):
 
 
 def test_load_missing_dataset_is_one_clear_error(tfds_dir, tmp_path):
-  with pytest.raises(FileNotFoundError) as err:
+  with pytest.raises(lra.DataSourceError) as err:
     lra.load("imdb_reviews", "test", str(tmp_path), max_length=10)
   message = str(err.value)
   assert "imdb_reviews" in message and str(tmp_path) in message and "tfds build" in message

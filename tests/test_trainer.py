@@ -22,7 +22,7 @@ def train_losses(workdir):
 def restore_latest(config, workdir):
   exp = trainer.setup(config)
   with exp.activate():
-    manager = checkpointing.make_manager(workdir, keep=3)
+    manager = checkpointing.make_manager(checkpointing.directory(config, workdir), keep=3)
     step = manager.latest_step()
     return step, checkpointing.restore(manager, step, exp.abstract_state)
 
@@ -44,9 +44,11 @@ def test_one_device_equals_eight_devices_on_every_mesh(tmp_path):
   assert run.returncode == 0, run.stderr
   reference = np.array([loss for _, loss in train_losses(str(tmp_path))])
   assert len(reference) == 10
-  for mesh in [(8, 1, 1), (2, 4, 1), (2, 2, 2)]:
-    got = losses_in_process(icl_config("tiny", mesh_shape=mesh, num_steps=10), 10)
-    np.testing.assert_allclose(got, reference, rtol=1e-5, err_msg=str(mesh))
+  # The named layouts (data parallel, FSDP, FSDP x 2-way tensor) and an explicit 3-axis mesh.
+  for layout in [{"parallelism": "data"}, {"parallelism": "fsdp"},
+                 {"parallelism": "fsdp_tensor"}, {"mesh_shape": (2, 2, 2)}]:
+    got = losses_in_process(icl_config("tiny", num_steps=10, **layout), 10)
+    np.testing.assert_allclose(got, reference, rtol=1e-5, err_msg=str(layout))
 
 
 def test_sigterm_then_resume_is_exact(tmp_path):
@@ -85,7 +87,7 @@ def test_sigterm_then_resume_is_exact(tmp_path):
 
 
 def test_fsdp_checkpoint_restores_on_another_mesh_and_on_one_device(workdir):
-  config = icl_config("tiny", mesh_shape=(1, 8, 1), num_steps=10)
+  config = icl_config("tiny", parallelism="fsdp", num_steps=10)
   state = trainer.train_and_evaluate(config, workdir)
   kernel = state.params["backbone"]["block_0"]["mlp"]["fc"]["kernel"]
   assert kernel.sharding.spec[0] == "fsdp"

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import moving_mnist_records, ucf101_records
 from substrax.data import video as V
+from substrax.data.tfds import DataSourceError
 
 
 @pytest.fixture(scope="module")
@@ -285,7 +286,7 @@ def test_load_tfds_errors(video_tfds_dir, tmp_path, monkeypatch):
     V.load_tfds("kinetics", "test")
   with pytest.raises(ValueError, match="ucf101 only"):
     V.load_tfds("moving_mnist", "test", video_tfds_dir, frames=10)
-  with pytest.raises(FileNotFoundError) as err:
+  with pytest.raises(DataSourceError) as err:
     V.load_tfds("moving_mnist", "test", str(tmp_path))
   message = str(err.value)
   assert "moving_mnist" in message and str(tmp_path) in message and "tfds build" in message

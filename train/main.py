@@ -37,6 +37,7 @@ def _parse(argv):
 
 def _guard(fn):
   """Maps the trainer's outcomes to exit statuses, with one line on stderr."""
+  from substrax.data.tfds import DataSourceError
   from substrax.train import trainer, validation
 
   def main(argv):
@@ -48,6 +49,9 @@ def _guard(fn):
     except validation.ConfigError as e:
       print(f"config error: {e}", file=sys.stderr)
       sys.exit(2)
+    except DataSourceError as e:
+      print(f"data error: {e}", file=sys.stderr)
+      sys.exit(2)
     except trainer.NonFiniteLoss as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(1)
@@ -58,13 +62,15 @@ def _guard(fn):
 
 
 def _train():
-  from substrax.train import trainer
+  from substrax.train import distributed, trainer
+  distributed.initialize(FLAGS.config.distributed)
   trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 def _eval():
-  from substrax.train import trainer, validation
+  from substrax.train import distributed, trainer, validation
   validation.require(bool(FLAGS.workdir), "--workdir", "is required")
+  distributed.initialize(FLAGS.config.distributed)
   trainer.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
 
 

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
@@ -70,9 +71,10 @@ def _strip_boxes(tree):
 def setup(config) -> Experiment:
   """Validates the config, builds the mesh and task, and prepares the jitted functions."""
   task_module = tasks.get(config.task)
-  validation.check_trainer(config, jax.device_count())
+  shape = mesh_lib.mesh_shape(config)
+  validation.check_trainer(config, shape, jax.device_count())
   task_module.validate(config)
-  mesh = mesh_lib.make_mesh(config.mesh_shape)
+  mesh = mesh_lib.make_mesh(shape)
   rules = tuple((name, tuple(t) if isinstance(t, list) else t)
                 for name, t in config.logical_axis_rules)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -107,19 +109,31 @@ def setup(config) -> Experiment:
       eval_step=jax.jit(task.eval_step))
 
 
-class _SigtermFlag:
-  """Turns SIGTERM into a flag the loop checks after each step."""
+class _PreemptionCheck:
+  """Whether to save and stop after a step because SIGTERM arrived.
+
+  One process: a Python SIGTERM handler sets a flag. Several processes: SIGTERM may reach only
+  one of them, so JAX's preemption service (which catches SIGTERM itself) picks a step that
+  every process reaches, and they all save there together.
+  """
 
   def __enter__(self):
-    self.requested = False
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread (e.g. some notebook runners): no handler
-      self._previous = None
+    self.requested, self._previous = False, None
+    self._multiprocess = jax.process_count() > 1
+    if not self._multiprocess:
+      try:
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+      except ValueError:  # not the main thread (e.g. some notebook runners): no handler
+        pass
     return self
 
   def _handle(self, signum, frame):
     self.requested = True
+
+  def __call__(self, step: int) -> bool:
+    if self._multiprocess:
+      self.requested = multihost_utils.reached_preemption_sync_point(step)
+    return self.requested
 
   def __exit__(self, *exc):
     if self._previous is not None:
@@ -127,11 +141,27 @@ class _SigtermFlag:
 
 
 def restore_or_init(exp: Experiment, manager) -> tuple[step_lib.TrainState, int]:
-  step = manager.latest_step()
-  if step is None:
+  state, step = checkpointing.restore_newest(manager, exp.abstract_state)
+  if state is None:
     return exp.init(), 0
   _status(f"resuming from the checkpoint at step {step} in {manager.directory}")
-  return checkpointing.restore(manager, step, exp.abstract_state), step
+  return state, step
+
+
+def evaluate(exp: Experiment, state: step_lib.TrainState, workdir: str, step: int):
+  """Runs the task's evaluator. Evaluators read their results on the host, so with several
+  processes the state is gathered to every host, and process 0 alone evaluates it with the task
+  rebuilt on its own devices."""
+  if jax.process_count() == 1:
+    return exp.task.evaluate(state.params, state.model_state, workdir, step)
+  params, model_state = multihost_utils.process_allgather(
+      (state.params, state.model_state), tiled=True)
+  if jax.process_index() != 0:
+    return None
+  with jax.set_mesh(mesh_lib.make_mesh((-1, 1, 1), jax.local_devices())), \
+       nn.logical_axis_rules(exp.rules):
+    task = tasks.get(exp.config.task).build(exp.config)
+    return task.evaluate(params, model_state, workdir, step)
 
 
 def train_and_evaluate(config, workdir: str) -> step_lib.TrainState:
@@ -139,7 +169,8 @@ def train_and_evaluate(config, workdir: str) -> step_lib.TrainState:
   validation.check_workdir(workdir)
   exp = setup(config)
   with exp.activate():
-    manager = checkpointing.make_manager(workdir, config.checkpoint.keep)
+    manager = checkpointing.make_manager(checkpointing.directory(config, workdir),
+                                         config.checkpoint.keep)
     state, start = restore_or_init(exp, manager)
     if jax.process_index() == 0:
       with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -148,9 +179,9 @@ def train_and_evaluate(config, workdir: str) -> step_lib.TrainState:
     try:
       state = _train_loop(exp, state, start, manager, writer)
     finally:
-      manager.wait_until_finished()
+      manager.close()   # waits for the last async save
       writer.close()
-    exp.task.evaluate(state.params, state.model_state, workdir, config.num_steps)
+    evaluate(exp, state, workdir, config.num_steps)
   return state
 
 
@@ -183,7 +214,7 @@ def _train_loop(exp, state, start, manager, writer):
       clock.update(step=step, time=now)
 
   pending = None  # metrics are fetched one step late so dispatch never waits on the host
-  with _SigtermFlag() as sigterm:
+  with _PreemptionCheck() as preempted:
     for step in range(start, config.num_steps):
       state, metrics = exp.train_step(state)
       done = step + 1
@@ -194,11 +225,12 @@ def _train_loop(exp, state, start, manager, writer):
       if done % config.eval_every_steps == 0:
         writer.write(done, "eval", jax.device_get(
             exp.eval_step(state.params, state.model_state, state.step)))
-      if done % config.checkpoint.every_steps == 0 or done == config.num_steps or sigterm.requested:
+      stop = preempted(done)
+      if done % config.checkpoint.every_steps == 0 or done == config.num_steps or stop:
         record(*pending)  # a checkpoint is written only after its step's loss is known finite
         pending = None
         checkpointing.save(manager, done, state)
-      if sigterm.requested:
+      if stop:
         bar.close()
         raise Preempted(done)
   if pending is not None:
@@ -211,11 +243,15 @@ def evaluate_checkpoint(config, workdir: str):
   """Runs the task's evaluator on the newest checkpoint in workdir."""
   exp = setup(config)
   with exp.activate():
-    manager = checkpointing.make_manager(workdir, config.checkpoint.keep)
-    step = manager.latest_step()
-    validation.require(step is not None, "--workdir", f"no checkpoint found in {manager.directory}")
-    state = checkpointing.restore(manager, step, exp.abstract_state)
-    return exp.task.evaluate(state.params, state.model_state, workdir, step)
+    manager = checkpointing.make_manager(checkpointing.directory(config, workdir),
+                                         config.checkpoint.keep)
+    try:
+      state, step = checkpointing.restore_newest(manager, exp.abstract_state)
+    finally:
+      manager.close()
+    validation.require(step is not None, "--workdir",
+                       f"no checkpoint found in {manager.directory}")
+    return evaluate(exp, state, workdir, step)
 
 
 def train_step_flops(exp: Experiment) -> float:
@@ -237,6 +273,10 @@ def inspect(config, depth: int = 3) -> dict:
     entry[1] += int(np.prod(leaf.shape)) * leaf.dtype.itemsize
   state_bytes = sum(int(np.prod(x.shape)) * x.dtype.itemsize
                     for x in jax.tree.leaves(exp.abstract_state))
+
+  def per_device(tree):   # the largest shard a device holds under the mesh's shardings
+    return sum(int(np.prod(x.sharding.shard_shape(x.shape))) * x.dtype.itemsize
+               for x in jax.tree.leaves(tree))
   with exp.activate():
     flops = train_step_flops(exp)
   return {
@@ -244,6 +284,8 @@ def inspect(config, depth: int = 3) -> dict:
       "total_params": sum(v[0] for v in modules.values()),
       "param_bytes": sum(v[1] for v in modules.values()),
       "train_state_bytes": state_bytes,
+      "param_bytes_per_device": per_device(params),
+      "optimizer_bytes_per_device": per_device(exp.abstract_state.opt_state),
       "flops_per_step": flops,
       "batch_size": config.batch_size,
       "mesh": dict(exp.mesh.shape),
@@ -256,6 +298,8 @@ def format_inspect(report: dict) -> str:
   lines += [f"{m['name']:<{width}}{m['params']:>12,}{m['bytes']:>14,}" for m in report["modules"]]
   lines.append(f"{'total':<{width}}{report['total_params']:>12,}{report['param_bytes']:>14,}")
   lines.append(f"train state (params + optimizer): {report['train_state_bytes']:,} bytes")
+  lines.append(f"per device: params {report['param_bytes_per_device']:,} bytes, optimizer state "
+               f"{report['optimizer_bytes_per_device']:,} bytes")
   lines.append(f"FLOPs per train step (XLA count, batch {report['batch_size']}): "
                f"{report['flops_per_step']:.4g}")
   lines.append(f"mesh: {json.dumps(report['mesh'])}")

@@ -22,26 +22,27 @@ def require(ok: bool, key: str, message: str):
     raise ConfigError(f"{key}: {message}")
 
 
-def resolve_mesh_shape(mesh_shape, n_devices: int) -> tuple[int, ...]:
+def resolve_mesh_shape(mesh_shape, n_devices: int, key: str = "mesh_shape") -> tuple[int, ...]:
   """Fills in the one -1 entry of `mesh_shape` and checks it covers exactly `n_devices`."""
   shape = tuple(int(s) for s in mesh_shape)
-  require(len(shape) == len(MESH_AXES), "mesh_shape",
+  require(len(shape) == len(MESH_AXES), key,
           f"needs {len(MESH_AXES)} entries for axes {MESH_AXES}, got {shape}")
-  require(shape.count(-1) <= 1, "mesh_shape", f"at most one entry may be -1, got {shape}")
-  require(all(s > 0 or s == -1 for s in shape), "mesh_shape",
+  require(shape.count(-1) <= 1, key, f"at most one entry may be -1, got {shape}")
+  require(all(s > 0 or s == -1 for s in shape), key,
           f"entries must be positive or -1, got {shape}")
   known = math.prod(s for s in shape if s != -1)
   if -1 in shape:
-    require(n_devices % known == 0, "mesh_shape",
+    require(n_devices % known == 0, key,
             f"{shape} does not divide the {n_devices} available devices")
     shape = tuple(n_devices // known if s == -1 else s for s in shape)
-  require(math.prod(shape) == n_devices, "mesh_shape",
+  require(math.prod(shape) == n_devices, key,
           f"{shape} uses {math.prod(shape)} devices but {n_devices} are available")
   return shape
 
 
-def check_trainer(config, n_devices: int):
-  """Checks the fields every experiment shares (see configs/common.py)."""
+def check_trainer(config, mesh_shape, n_devices: int):
+  """Checks the fields every experiment shares (see configs/common.py); `mesh_shape` is the
+  requested one (train.mesh.mesh_shape), -1 allowed."""
   require(config.num_steps > 0, "num_steps", f"must be positive, got {config.num_steps}")
   require(config.batch_size > 0, "batch_size", f"must be positive, got {config.batch_size}")
   o = config.optim
@@ -63,7 +64,8 @@ def check_trainer(config, n_devices: int):
     for t in targets:
       require(t is None or t in MESH_AXES, f"logical_axis_rules[{i}]",
               f"maps {rule[0]!r} to unknown mesh axis {t!r}; mesh axes are {MESH_AXES}")
-  shape = resolve_mesh_shape(config.mesh_shape, n_devices)
+  key = "mesh_shape" if config.mesh_shape is not None else f"parallelism={config.parallelism}"
+  shape = resolve_mesh_shape(mesh_shape, n_devices, key)
   data_shards = shape[0] * shape[1]
   require(config.batch_size % data_shards == 0, "batch_size",
           f"{config.batch_size} does not divide across {data_shards} data shards "
