@@ -17,8 +17,9 @@ demo: install
 	$(BIN)/substrax-train --config=configs/icl_linear.py:cpu --workdir=runs/demo
 	@echo "plot: runs/demo/eval/icl_linear.png   numbers: runs/demo/eval/icl_linear.json"
 
+# Two workers: most tests are bound by single-threaded XLA compiles, so they overlap well.
 test: install
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal tests
 
 bench: install
 	$(BIN)/python benchmarks/train_step.py

@@ -37,7 +37,7 @@ setup(
         "numpy>=2.0",
     ],
     extras_require={
-        "test": ["pytest>=8", "jupytext>=1.16", "nbclient>=0.10", "nbformat>=5.10",
+        "test": ["pytest>=8", "pytest-xdist>=3.8", "jupytext>=1.16", "nbclient>=0.10", "nbformat>=5.10",
                  "ipykernel>=6.29", "tensorflow-datasets>=4.9.10", "array_record>=0.8.6"],
         # Reading prepared TFDS datasets (LRA Image and Text) without TensorFlow.
         "tfds": ["tensorflow-datasets>=4.9.10", "array_record>=0.8.6"],

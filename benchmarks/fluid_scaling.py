@@ -69,16 +69,21 @@ def speed_point(config, batch_size: int, steps: int) -> dict:
   mem = compiled.memory_analysis()
   peak = (mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
           - mem.alias_size_in_bytes)
-  state = compiled(*state, frames)   # warm-up
+  point = {"size": d.size, "tokens": (d.size // m.patch) ** 2,
+           "params": sum(x.size for x in jax.tree.leaves(params)), "peak_bytes": int(peak)}
+  try:
+    state = jax.block_until_ready(compiled(*state, frames))   # warm-up
+  except jax.errors.JaxRuntimeError as e:
+    if "out of memory" not in str(e).lower():
+      raise
+    return {**point, "iters_per_s": float("nan")}   # a result too: it does not fit
   times = []
   for _ in range(steps):
     start = time.perf_counter()
     state = compiled(*state, frames)
     jax.block_until_ready(state)
     times.append(time.perf_counter() - start)
-  return {"size": d.size, "tokens": (d.size // m.patch) ** 2,
-          "params": sum(x.size for x in jax.tree.leaves(params)),
-          "iters_per_s": 1 / float(np.median(times)), "peak_bytes": int(peak)}
+  return {**point, "iters_per_s": 1 / float(np.median(times))}
 
 
 def table(points: dict, sizes: list[int]) -> str:
@@ -93,7 +98,8 @@ def table(points: dict, sizes: list[int]) -> str:
     for i, p in enumerate(row):
       ratio = "" if base is None or spec == "fluid" else \
           f" ({p['iters_per_s'] / base[i]['iters_per_s']:.2f}x)"
-      cells.append(f"{p['iters_per_s']:.3g}{ratio}")
+      cells.append("out of memory" if np.isnan(p["iters_per_s"])
+                   else f"{p['iters_per_s']:.3g}{ratio}")
     cells += [f"{p['peak_bytes'] / 2**20:.0f}" for p in row]
     a = np.log(row[0]["iters_per_s"] / row[-1]["iters_per_s"]) / np.log(
         row[-1]["tokens"] / row[0]["tokens"])

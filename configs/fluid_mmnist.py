@@ -12,14 +12,13 @@ Presets (notes/fluidworld.md §5.3):
   cpu: Moving-MNIST-32 (the 64 px protocol pooled 2x2, 1 channel), patch 4 -> 8x8 latent,
     d=64, decoder mid 32. FluidWorld 3 layers x 6 steps with dilations {1,2,8} and a BeliefField
     of 3 steps {1,2} (201,549 params); Transformer FFN 204 (201,637); ConvLSTM bottleneck 45 in
-    9 groups, hidden 32 (201,160): within 0.25%. Batch 16, T=4 windows, AdamW 3e-4, wd 0.04,
-    warmup 150, cosine to 0, 1,200 steps.
-    Budget, 3 models x 2 seeds on 2 cores: 1,200 steps x (0.95 + 0.5 + 0.4) s per window
-    (FluidWorld at 6 PDE steps, Transformer, ConvLSTM; notes §5.3 measured 0.7-1.2, 0.4-0.6 and
-    0.3-0.5; this task on a 2-core machine shared with another job: 1.36, 0.68, 0.54) = 37 min
-    per seed, plus ~1 min compile and ~1 min evaluation (256 test sequences) per run: ~80 min
-    for all six runs. --config.model.fluid.layer_steps=3 halves FluidWorld's share (the paper's
-    "fast" variant).
+    9 groups, hidden 32 (201,160): within 0.25%. Batch 8, windows of 10 transitions (as long
+    as the evaluation's context: design note 13), AdamW 3e-4, wd 0.04, warmup 150, cosine to 0,
+    800 steps. Measured with benchmarks/fluid_runs.py on 2 cores (2026-11-29, partly shared
+    with the test suite): 13.1 (FluidWorld), 7.7 (Transformer) and 5.8 (ConvLSTM) minutes per
+    run including compile and evaluation of 256 test sequences, 53 min for the six runs, 70 min
+    with the diffusion-off ablation's two. --config.model.fluid.layer_steps=3 halves
+    FluidWorld's PDE share (the paper's "fast" variant).
   gpu: 64x64 Moving MNIST at the paper's model size (d=128, 16x16 latent, 1 channel, so 4,674
     params fewer than the 3-channel counts of configs/fluid_paper.py) and protocol: batch 16,
     8,000 steps, warmup min(500, 8000/20) = 400.
