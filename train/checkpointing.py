@@ -17,7 +17,8 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy
 TMP_SUFFIX = ".orbax-checkpoint-tmp"
 
 
-def _status(message: str):
+def status(message: str):
+  """One `substrax: ...` line on stderr from process 0 (library logs stay at WARNING)."""
   if jax.process_index() == 0:
     print(f"substrax: {message}", file=sys.stderr, flush=True)
 
@@ -34,7 +35,7 @@ def make_manager(directory: str, keep: int) -> ocp.CheckpointManager:
   if path.is_dir():
     for entry in sorted(path.iterdir()):
       if TMP_SUFFIX in entry.name:
-        _status(f"warning: ignoring the incomplete checkpoint {entry} "
+        status(f"warning: ignoring the incomplete checkpoint {entry} "
                 "(its save never finished); it is removed")
   return ocp.CheckpointManager(
       path,
@@ -67,7 +68,7 @@ def restore_newest(manager: ocp.CheckpointManager, abstract_state):
     except Exception as e:  # noqa: BLE001 - any failure to read means: not usable
       path = manager.directory / str(step)
       reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-      _status(f"warning: the checkpoint {path} is unreadable ({type(e).__name__}: {reason}); "
+      status(f"warning: the checkpoint {path} is unreadable ({type(e).__name__}: {reason}); "
               f"it is renamed {step}.unreadable and an older one is tried")
       if jax.process_index() == 0:
         target, n = path.with_name(f"{step}.unreadable"), 1

@@ -9,7 +9,6 @@ import functools
 import json
 import os
 import signal
-import sys
 import time
 from typing import Any, Callable
 
@@ -23,12 +22,6 @@ from tqdm import tqdm
 from substrax.train import checkpointing, optim, tasks, validation
 from substrax.train import mesh as mesh_lib, step as step_lib
 from substrax.train.metrics import MetricWriter
-
-
-def _status(message: str):
-  """One line on stderr from process 0 (library logs stay at WARNING under the CLI)."""
-  if jax.process_index() == 0:
-    print(f"substrax: {message}", file=sys.stderr, flush=True)
 
 
 class Preempted(Exception):
@@ -144,7 +137,7 @@ def restore_or_init(exp: Experiment, manager) -> tuple[step_lib.TrainState, int]
   state, step = checkpointing.restore_newest(manager, exp.abstract_state)
   if state is None:
     return exp.init(), 0
-  _status(f"resuming from the checkpoint at step {step} in {manager.directory}")
+  checkpointing.status(f"resuming from the checkpoint at step {step} in {manager.directory}")
   return state, step
 
 
