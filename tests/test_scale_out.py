@@ -154,6 +154,13 @@ def test_inspect_shows_fsdp_sharding_the_state_about_8_ways():
           == pytest.approx(ratio, rel=0.01))
 
 
+def test_tensor_parallel_matches_data_parallel():
+  # 8 heads so that heads (and the MLP) split over the 8-way model axis.
+  data, tensor = (losses_in_process(icl_config("tiny", parallelism=p, **{"model.num_heads": 8}), 10)
+                  for p in ("data", "tensor"))
+  np.testing.assert_allclose(tensor, data, rtol=1e-5)
+
+
 @pytest.mark.parametrize("overrides, key", [
     ({"parallelism": "pipeline"}, "parallelism"),
     ({"parallelism": "fsdp", "mesh_shape": (2, 4, 1)}, "mesh_shape"),
