@@ -36,7 +36,7 @@ def make_manager(directory: str, keep: int) -> ocp.CheckpointManager:
     for entry in sorted(path.iterdir()):
       if TMP_SUFFIX in entry.name:
         status(f"warning: ignoring the incomplete checkpoint {entry} "
-                "(its save never finished); it is removed")
+               "(its save never finished); it is removed")
   return ocp.CheckpointManager(
       path,
       options=ocp.CheckpointManagerOptions(
@@ -68,12 +68,12 @@ def restore_newest(manager: ocp.CheckpointManager, abstract_state):
     except Exception as e:  # noqa: BLE001 - any failure to read means: not usable
       path = manager.directory / str(step)
       reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+      target, n = path.with_name(f"{step}.unreadable"), 1
+      while target.exists():
+        target, n = path.with_name(f"{step}.unreadable{n}"), n + 1
       status(f"warning: the checkpoint {path} is unreadable ({type(e).__name__}: {reason}); "
-              f"it is renamed {step}.unreadable and an older one is tried")
+             f"it is renamed {target.name} and an older one is tried")
       if jax.process_index() == 0:
-        target, n = path.with_name(f"{step}.unreadable"), 1
-        while target.exists():
-          target, n = path.with_name(f"{step}.unreadable{n}"), n + 1
         path.rename(target)
       if jax.process_count() > 1:
         multihost_utils.sync_global_devices(f"substrax: set aside checkpoint {step}")

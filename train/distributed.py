@@ -41,7 +41,3 @@ def initialize(dist) -> None:
     raise ConfigError(f"distributed: {e}; set distributed.coordinator_address, "
                       "num_processes and process_id (or $JAX_COORDINATOR_ADDRESS, "
                       "$JAX_NUM_PROCESSES, $JAX_PROCESS_ID)") from None
-
-
-def is_multiprocess() -> bool:
-  return jax.process_count() > 1
