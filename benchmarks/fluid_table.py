@@ -24,7 +24,7 @@ import numpy as np
 from absl import app, flags
 
 import study
-from substrax.train import video_metrics as vm
+from substrax.train.analysis import video_metrics as vm
 
 flags.DEFINE_string("root", "runs/fluid_mmnist", "Where benchmarks/fluid_runs.py put the runs.")
 flags.DEFINE_string("out", "docs", "Where the figures go.")

@@ -15,7 +15,8 @@ from absl import app, flags, logging
 
 from substrax.configs import icl_linear
 from substrax.models import attention
-from substrax.train import reporting, trainer
+from substrax.train import trainer
+from substrax.train.analysis import reporting
 from substrax.train.metrics import read_jsonl
 
 flags.DEFINE_string("preset", "cpu", "Preset of configs/icl_linear.py.")

@@ -25,6 +25,7 @@ import study
 from substrax.configs import common
 from substrax.models import attention
 from substrax.models.classifier import Classifier
+from substrax.models.transformer import BlockConfig
 
 flags.DEFINE_string("root", "runs/lra", "Where benchmarks/lra_runs.py put the runs.")
 flags.DEFINE_bool("speed", False, "Also measure the speed/memory table.")
@@ -96,9 +97,10 @@ def accuracy_table(runs: dict) -> str:
 
 def speed_point(kind: str, length: int, steps: int) -> dict:
   """Steps/s and compiled peak memory of one LRA Text-encoder training step."""
+  block = BlockConfig(num_heads=4, mlp_ratio=4,
+                      attention=attention.layer_kwargs(common.attention_config(kind)))
   model = Classifier(vocab_size=257, num_classes=2, max_len=length, width=256, depth=4,
-                     num_heads=4, mlp_ratio=4, pool="cls",
-                     attention=attention.layer_kwargs(common.attention_config(kind)))
+                     block=block, pool="cls")
   tokens = jax.random.randint(jax.random.key(0), (1, length), 1, 257)
   labels = jnp.zeros((1,), jnp.int32)
   params = jax.jit(model.init)(jax.random.key(1), tokens)["params"]

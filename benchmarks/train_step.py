@@ -46,12 +46,12 @@ def main(argv):
     flops = trainer.train_step_flops(exp)
     state = exp.init()
     for step in range(FLAGS.warmup):
-      state, m = exp.train_step(state)
+      state, m = exp.train_step(state, exp.train_data)
     m["loss"].block_until_ready()
     times = []
     for step in range(FLAGS.warmup, FLAGS.warmup + FLAGS.steps):
       t = time.perf_counter()
-      state, m = exp.train_step(state)
+      state, m = exp.train_step(state, exp.train_data)
       m["loss"].block_until_ready()
       times.append(time.perf_counter() - t)
   peak = matmul_peak(2048 if jax.default_backend() == "cpu" else 8192)

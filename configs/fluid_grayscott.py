@@ -3,7 +3,7 @@
   substrax-train --config=configs/fluid_grayscott.py:cpu --workdir=runs/gs_fluid_s0 \
       [--config.model.name=transformer|convlstm] [--config.seed=1]
 
-Gray-Scott-32 (notes/fluidworld.md §5.3, data B): 2,000 training and 200 test videos of 20
+Gray-Scott-32 (docs/fluidworld.md §3): 2,000 training and 200 test videos of 20
 frames, the v field as a grey image, five pattern regimes (data/video.py REGIMES), simulated
 once and cached under data.cache_dir. Everything else, models, presets and the 1,200-step cpu
 budget (~80 min for 3 models x 2 seeds on 2 cores), is configs/fluid_mmnist.py's; the first

@@ -7,7 +7,7 @@
 `--config.model.name` is fluid, transformer or convlstm; each model reads its own block
 (model.fluid, model.transformer with model.attention, model.convlstm) and the shared fields.
 
-Presets (notes/fluidworld.md §5.3):
+Presets (data, models and evaluation protocol: docs/fluidworld.md §3):
   tiny: 16 px frames, patch 2, 16-wide models, 3 steps of T=2 windows (tests).
   cpu: Moving-MNIST-32 (the 64 px protocol pooled 2x2, 1 channel), patch 4 -> 8x8 latent,
     d=64, decoder mid 32. FluidWorld 3 layers x 6 steps with dilations {1,2,8} and a BeliefField

@@ -54,7 +54,7 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict(dict(
       num_prompts=1280, batch_size=640, seed=1_000_003,
       ridge_alpha=0.1, lasso_alpha=0.01, knn_k=3, gd_steps=5, bootstrap=1000,
-      claims=(),              # train/icl_claims.py CLAIMS to measure after training
+      claims=(),              # train/analysis/icl_claims.py CLAIMS to measure after training
       claim_prompts=4096,
   ))
 

@@ -6,8 +6,8 @@
 One LSA layer (models/icl.py LSA) trained on in-context linear regression with x, w ~ N(0, I),
 d = 10 and n = 10 context pairs, the loss on the query only (von Oswald et al. 2023;
 Mahankali et al. 2023: the optimum is one GD step from 0 with eta* = n/(n+d+1+s2)). The
-evaluation writes eval/gd_alignment.{json,png} (train/icl_claims.py): loss against GD*, the
-sensitivity cosine, mean |y_hat - y_hat_GD*|, and the learned step against eta*, next to the
+evaluation writes eval/gd_alignment.{json,png} (train/analysis/icl_claims.py): loss against GD*,
+the sensitivity cosine, mean |y_hat - y_hat_GD*|, and the learned step against eta*, next to the
 usual error curves against the baselines. configs/icl_precond.py is the anisotropic case.
 
 Presets: tiny (tests), cpu (d = 10, n = 10; 3,000 steps at batch 2,048, about a minute on 2

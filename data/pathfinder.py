@@ -38,10 +38,11 @@ import math
 import multiprocessing
 import os
 import sys
-import tempfile
 from collections import deque
 
 import numpy as np
+
+from substrax.data import cache
 
 DIFFICULTIES = {"easy": 6, "intermediate": 9, "hard": 14}
 SPLITS = ("train", "val", "test")
@@ -50,6 +51,7 @@ PATH_INTENSITY = (120, 220)   # inclusive range of the per-image path value
 GAP = 1                       # blank samples between paddles; the flood fill relies on <= 1
 SEPARATION = 3                # min Chebyshev distance between pixels of different paths
 MAX_TURN = math.pi / 4        # max heading change between paddles: smooth, no reversals
+# Below 16 px every difficulty is the shortest path, 3 paddles; below 12 px no scene fits.
 MIN_SIZE = 16
 _VERSION = 1                  # part of cache names; bump when the rendering changes
 _CHUNK = 5000                 # images per worker task in build_splits
@@ -371,18 +373,6 @@ def _cache_name(split: str, n: int, seed: int, size: int, c32: int, tag: str) ->
   return f"pathfinder_v{_VERSION}_{split}_n{n}_size{size}_{tag}_c{c32}_seed{seed}.npz"
 
 
-def _save_atomic(path: str, data: dict):
-  """Writes an .npz under a temporary name, then renames: readers never see a partial file."""
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **data)
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
-
-
 def _render_chunks(p: Params, labels: np.ndarray, seed: int, split_index: int,
                    workers: int) -> np.ndarray:
   """Chunk i is drawn from seed (seed, split, i), so the output does not depend on `workers`."""
@@ -420,16 +410,14 @@ def build_splits(cache_dir: str, *, sizes=(160000, 20000, 20000), seed: int = 0,
     raise ValueError(f"workers must be an int >= 1, got {workers!r}")
   tag, c32 = ((difficulty, DIFFICULTIES[difficulty]) if contour_length is None
               else ("custom", contour_length))
-  os.makedirs(cache_dir, exist_ok=True)
   out = {}
   for index, (split, n) in enumerate(zip(SPLITS, sizes)):
     path = os.path.join(cache_dir, _cache_name(split, n, seed, size, c32, tag))
-    if not os.path.exists(path):
+
+    def render():
       print(f"pathfinder: generating {split}: {n} images, {size} px, {tag} "
             f"({p.contour_length} paddles) -> {path}", file=sys.stderr, flush=True)
       labels = _balanced_labels(np.random.default_rng((seed, index)), n)
-      images = _render_chunks(p, labels, seed, index, workers)
-      _save_atomic(path, dict(images=images, labels=labels))
-    with np.load(path) as f:
-      out[split] = dict(images=f["images"], labels=f["labels"])
+      return dict(images=_render_chunks(p, labels, seed, index, workers), labels=labels)
+    out[split] = cache.load_or_build(path, render)
   return out

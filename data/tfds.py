@@ -15,12 +15,13 @@ from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 
+from substrax.data import DataError, one_line
+
 IMAGE_VOCAB = 256
 IMAGE_CLASSES = 10
 IMAGE_LENGTH = 32 * 32
 TEXT_VOCAB = 257   # 256 byte values shifted up by one, plus padding 0
 TEXT_CLASSES = 2
-PAD = 0
 
 NAMES = ("cifar10", "imdb_reviews")
 CHUNK = 4096   # records per numpy step: bounds the float temporaries to a few tens of MB
@@ -29,21 +30,19 @@ CHUNK = 4096   # records per numpy step: bounds the float temporaries to a few t
 _LUMA = np.array([0.2989, 0.5870, 0.1140], np.float32)
 
 
-class DataSourceError(Exception):
-  """A dataset that is not prepared, or whose records do not have the expected schema; the
-  message is one line naming the dataset and its directory (the CLIs print it, exit 2)."""
-
-
 @contextlib.contextmanager
-def schema_errors(name: str, split: str, data_dir: str | None):
-  """Turns a conversion's KeyError/ValueError/TypeError into one DataSourceError line."""
+def read_errors(name: str, split: str, data_dir: str | None):
+  """Turns a failure to read or convert a prepared dataset's records into one DataError line."""
+  where = data_dir or "the default TFDS data_dir"
   try:
     yield
   except (KeyError, ValueError, TypeError) as e:
-    where = data_dir or "the default TFDS data_dir"
-    raise DataSourceError(
-        f"TFDS dataset {name!r} split {split!r} in {where}: its records do not have the "
-        f"expected schema ({type(e).__name__}: {e})") from e
+    raise DataError(f"TFDS dataset {name!r} split {split!r} in {where}: its records do not "
+                    f"have the expected schema ({one_line(e)})") from e
+  except (RuntimeError, OSError) as e:
+    # ArrayRecord reports a missing, truncated or corrupt shard as a RuntimeError.
+    raise DataError(f"TFDS dataset {name!r} split {split!r} in {where}: its files cannot be "
+                    f"read ({one_line(e)}); prepare it again") from e
 
 
 def _chunks(records: Iterable, size: int = CHUNK) -> Iterator[list]:
@@ -125,17 +124,21 @@ def open_source(name: str, split: str, data_dir: str | None, *, needs: str = "Te
   absl_logger = logging.getLogger("absl")
   level = absl_logger.level
   absl_logger.setLevel(logging.ERROR)
+  where = data_dir or "the default TFDS data_dir"
   try:
     # download=False: fetching here would need the network and usually TensorFlow.
     return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
   except Exception as e:
     # TFDS reports a missing dataset as NotImplementedError, KeyError, ... depending on
     # data_dir; ask the builder directly so that other errors (a bad split) pass through.
-    builder = tfds.builder(name, data_dir=data_dir)
+    try:
+      builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as info_error:   # e.g. a truncated dataset_info.json
+      raise DataError(f"TFDS dataset {name!r} in {where} cannot be opened "
+                      f"({one_line(info_error)}); prepare it again") from info_error
     if builder.is_prepared():
       raise
-    where = data_dir or "the default TFDS data_dir"
-    raise DataSourceError(
+    raise DataError(
         f"TFDS dataset {name!r} is not prepared in {where} (looked in {builder.data_dir}); "
         f"prepare it on a machine with network and {needs} with `tfds build {name} "
         f"--file_format=array_record --data_dir=...`, then copy the data_dir here") from e
@@ -162,7 +165,7 @@ def load(name: str, split: str, data_dir: str | None = None, *,
   if (name == "imdb_reviews") != (max_length is not None):
     raise ValueError("max_length is required for imdb_reviews and not accepted for cifar10")
   records = _records(open_source(name, split, data_dir))
-  with schema_errors(name, split, data_dir):
+  with read_errors(name, split, data_dir):
     if name == "cifar10":
       return cifar10_grey(records)
     return imdb_bytes(records, max_length)

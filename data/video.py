@@ -36,8 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from substrax.data import cache
 from substrax.data import digits as mnist
-from substrax.data import listops
 from substrax.data import tfds as tfds_lra
 
 FRAMES = 20
@@ -347,12 +347,8 @@ def build_gray_scott(cache_dir, *, sizes=(2000, 200), size: int = 32, seed: int 
     raise ValueError(f"sizes must be two positive ints (train, test), got {sizes}")
   regimes = _check_gray_scott(size, seed, frames, burn_in, regimes)
   dtype = _check_dtype(dtype)
-  path = _gs_cache_path(cache_dir, sizes, size, seed, frames, burn_in, regimes)
-  if os.path.exists(path):
-    with np.load(path) as f:
-      arrays = {k: f[k] for k in f.files}
-  else:
-    os.makedirs(cache_dir, exist_ok=True)
+
+  def simulate():
     start = time.time()
     arrays = {}
     for split, n in zip(GS_SPLITS, sizes):
@@ -361,7 +357,9 @@ def build_gray_scott(cache_dir, *, sizes=(2000, 200), size: int = 32, seed: int 
         arrays[f"{split}_{key}"] = value
     print(f"gray_scott: simulated {sum(sizes)} videos at {size}px in {time.time() - start:.1f}s",
           file=sys.stderr)
-    listops._save_atomic(path, arrays)   # temporary file, then os.replace
+    return arrays
+  arrays = cache.load_or_build(
+      _gs_cache_path(cache_dir, sizes, size, seed, frames, burn_in, regimes), simulate)
   out = {}
   for split in GS_SPLITS:
     video = arrays[f"{split}_frames"]
@@ -529,7 +527,7 @@ def load_tfds(name: str, split: str, data_dir: str | None = None, *, size=None,
     raise ValueError(f"unknown arguments {sorted(unknown)}")
   _check_dtype(dtype)
   records = tfds_lra._records(_data_source(name, split, data_dir))
-  with tfds_lra.schema_errors(name, split, data_dir):
+  with tfds_lra.read_errors(name, split, data_dir):
     if base == "moving_mnist":
       return moving_mnist_records(records, size=size, dtype=dtype)
     return ucf101_records(records, size=size, dtype=dtype, **clip_args)

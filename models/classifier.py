@@ -1,13 +1,11 @@
 """Sequence classifier for the Long Range Arena: token embedding, a bidirectional encoder built
 from the shared backbone (any attention kind), CLS or mean pooling, and an MLP head (as in LRA).
 """
-from typing import Any, Mapping
-
 import flax.linen as nn
 import jax.numpy as jnp
 
 from substrax.models.sharding import constrain, param_init
-from substrax.models.transformer import Transformer
+from substrax.models.transformer import BlockConfig, Transformer
 
 POOLS = ("cls", "mean")
 
@@ -18,13 +16,8 @@ class Classifier(nn.Module):
   max_len: int
   width: int
   depth: int
-  num_heads: int
-  mlp_ratio: int = 2
-  norm: str = "layernorm"
+  block: BlockConfig          # its mlp_ratio also sizes the head's hidden layer
   pool: str = "cls"
-  attention: Mapping[str, Any] | None = None   # Attention keyword arguments; None = softmax
-  dropout: float = 0.0
-  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, tokens, mask=None, deterministic=True):
@@ -34,17 +27,15 @@ class Classifier(nn.Module):
     """
     x = nn.Embed(self.vocab_size, self.width, name="embed",
                  embedding_init=param_init(nn.initializers.normal(1.0), "vocab", "embed"))(tokens)
-    x = constrain(x.astype(self.dtype), "batch", "length", None)
+    x = constrain(x.astype(self.block.dtype), "batch", "length", None)
     if self.pool == "cls":
       cls = self.param("cls", param_init(nn.initializers.normal(0.02), "embed"), (self.width,))
       x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (x.shape[0], 1, self.width)), x],
                           axis=1)
       if mask is not None:
         mask = jnp.concatenate([jnp.ones((mask.shape[0], 1), bool), mask], axis=1)
-    h = Transformer(self.width, self.depth, self.num_heads,
-                    max_len=self.max_len + (self.pool == "cls"), mlp_ratio=self.mlp_ratio,
-                    norm=self.norm, attention=self.attention, causal=False,
-                    dropout=self.dropout, dtype=self.dtype, name="encoder")(
+    h = Transformer(self.width, self.depth, max_len=self.max_len + (self.pool == "cls"),
+                    block=self.block, causal=False, name="encoder")(
                         x, mask, deterministic=deterministic)
     if self.pool == "cls":
       pooled = h[:, 0]
@@ -53,7 +44,7 @@ class Classifier(nn.Module):
     else:
       w = mask[..., None].astype(h.dtype)
       pooled = jnp.sum(h * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1.0)
-    hidden = nn.Dense(self.mlp_ratio * self.width, name="head_hidden",
+    hidden = nn.Dense(self.block.mlp_ratio * self.width, name="head_hidden",
                       kernel_init=param_init(nn.initializers.normal(0.02), "embed", "mlp"),
                       bias_init=param_init(nn.initializers.zeros, "mlp"))(pooled)
     return nn.Dense(self.num_classes, name="head_out", dtype=jnp.float32,

@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 
 from substrax.models.sharding import param_init
-from substrax.models.video import PatchEmbed, PixelDecoder, gelu, group_norm, torch_conv
+from substrax.models.video import (PatchEmbed, PixelDecoder, WorldModel, gelu, group_norm,
+                                   torch_conv)
 
 
 class Bottleneck(nn.Module):
@@ -55,17 +56,13 @@ class ConvLSTMCell(nn.Module):
     return h, c
 
 
-class ConvLSTMWorld(nn.Module):
+class ConvLSTMWorld(WorldModel):
   """Defaults are the paper's baseline (64x64x3, d=128, mid 88, hidden 64: 801,995 params)."""
-  channels: int = 3
-  dim: int = 128
-  patch: int = 4
   enc_mid: int = 88
   enc_groups: int = 8      # GroupNorm groups in the bottleneck (must divide enc_mid)
   hidden: int = 64
   kernel: int = 3
   peephole: bool = False
-  decoder_mid: int = 64
 
   def setup(self):
     self.embed = PatchEmbed(self.dim, self.patch, "layernorm")
@@ -85,11 +82,3 @@ class ConvLSTMWorld(nn.Module):
   def step(self, state, z):
     h, c = self.cell(state, z)
     return (h, c), self.out_norm(self.out_proj(h))
-
-  def decode(self, latent):
-    return self.decoder(latent)
-
-  def __call__(self, x, train: bool = False):
-    z, _ = self.encode(x, train)
-    _, latent = self.step(self.init_state(z), z)
-    return self.decode(z), self.decode(latent)

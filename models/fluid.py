@@ -11,12 +11,13 @@ Each PDE step on u [B, H, W, C] (explicit Euler):
 The encoder stacks such layers on a patch embedding (z = layers(u0) + u0), then applies lateral
 inhibition and synaptic fatigue; the BeliefField carries a state s across frames (gated write,
 3 PDE steps with a Hebbian diffusion gain). Every point where the paper and its code differ is
-a field; defaults follow the code of the paper's UCF-101 run (see notes/fluidworld.md).
+a field; defaults follow the code of the paper's UCF-101 run (see docs/fluidworld.md §1).
 
 The PDE maths are pure functions over explicit parameter dicts, so sub-steps run in lax.scan.
 Non-learned state (fatigue health, Hebbian gain) lives in the 'bio' collection and changes
 only when that collection is mutable.
 """
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -26,8 +27,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from substrax.models.sharding import param_init
-from substrax.models.video import (PatchEmbed, PixelDecoder, gelu, torch_bias_init,
-                                   torch_kernel_init)
+from substrax.models.video import (PatchEmbed, PixelDecoder, WorldModel, gelu,
+                                   torch_bias_init, torch_kernel_init)
 
 BOUNDARIES = ("edge", "periodic", "zero")
 ADAPTIVE = ("off", "sample", "batch")
@@ -364,18 +365,17 @@ class BeliefField(nn.Module):
     Affine(d, d, name="read_out")()
 
 
-class FluidWorld(nn.Module):
-  """PatchEmbed -> FluidLayers (+ skip) -> inhibition -> fatigue; BeliefField; PixelDecoder.
+@dataclasses.dataclass(frozen=True)
+class FluidConfig:
+  """FluidWorld's PDE hyperparameters (a model.fluid config block); defaults are the paper's
+  UCF-101 model.
 
-  Defaults are the paper's UCF-101 model (64x64x3, d=128, 800,975 params). Paper/code switches:
-  content_gate, dt_clip (0.15 code, 0.35 paper text), dilations, num_layers / layer_steps,
-  fatigue, hebbian, dead_params, diffusion (False: D = 0 ablation), adaptive (eval stopping).
-  combine: 'stack' feeds each layer the previous one's output (z = L_n(...L_1(u0)) + u0);
-  'sum' adds the layers applied to u0 in parallel (z = sum_i L_i(u0) + u0).
+  Paper/code switches: content_gate, dt_clip (0.15 code, 0.35 paper text), dilations,
+  num_layers / layer_steps, fatigue, hebbian, dead_params, diffusion (False: D = 0 ablation),
+  adaptive (eval stopping). combine: 'stack' feeds each layer the previous one's output
+  (z = L_n(...L_1(u0)) + u0); 'sum' adds the layers applied to u0 in parallel
+  (z = sum_i L_i(u0) + u0).
   """
-  channels: int = 3
-  dim: int = 128
-  patch: int = 4
   num_layers: int = 3
   layer_steps: int = 6
   dilations: Sequence[int] = (1, 4, 16)
@@ -394,44 +394,51 @@ class FluidWorld(nn.Module):
   belief_dilations: Sequence[int] = (1, 4)
   belief_dt_clip: tuple[float, float] = (0.01, 0.3)
   dead_params: bool = True
-  decoder_mid: int = 64
   remat: bool = False          # recompute PDE sub-steps in the backward pass
   unroll: int | bool = 1       # unroll of the PDE sub-step scans
 
+
+class FluidWorld(WorldModel):
+  """PatchEmbed -> FluidLayers (+ skip) -> inhibition -> fatigue; BeliefField; PixelDecoder.
+
+  Defaults are the paper's UCF-101 model (64x64x3, d=128, 800,975 params).
+  """
+  config: FluidConfig = FluidConfig()
+
   def setup(self):
-    if self.combine not in COMBINES:
-      raise ValueError(f"combine must be one of {COMBINES}, got {self.combine!r}")
+    c = self.config
+    if c.combine not in COMBINES:
+      raise ValueError(f"combine must be one of {COMBINES}, got {c.combine!r}")
     self.embed = PatchEmbed(self.dim, self.patch, "rmsnorm")
     self.layers = [
-        FluidLayer(self.dim, self.layer_steps, tuple(self.dilations), self.boundary,
-                   dt_clip=self.dt_clip, diffusion=self.diffusion,
-                   content_gate=self.content_gate, reaction=self.reaction,
-                   global_memory=self.memory, local_memory=self.memory,
-                   adaptive=self.adaptive, remat=self.remat, unroll=self.unroll)
-        for _ in range(self.num_layers)]
-    if self.fatigue:
+        FluidLayer(self.dim, c.layer_steps, tuple(c.dilations), c.boundary, dt_clip=c.dt_clip,
+                   diffusion=c.diffusion, content_gate=c.content_gate, reaction=c.reaction,
+                   global_memory=c.memory, local_memory=c.memory, adaptive=c.adaptive,
+                   remat=c.remat, unroll=c.unroll)
+        for _ in range(c.num_layers)]
+    if c.fatigue:
       self.fatigue_gate = SynapticFatigue()
-    self.belief = BeliefField(self.dim, self.belief_steps, tuple(self.belief_dilations),
-                              self.boundary, dt_clip=self.belief_dt_clip,
-                              diffusion=self.diffusion, reaction=self.reaction,
-                              memory=self.memory, hebbian=self.hebbian,
-                              dead_params=self.dead_params, remat=self.remat,
-                              unroll=self.unroll)
+    self.belief = BeliefField(self.dim, c.belief_steps, tuple(c.belief_dilations), c.boundary,
+                              dt_clip=c.belief_dt_clip, diffusion=c.diffusion,
+                              reaction=c.reaction, memory=c.memory, hebbian=c.hebbian,
+                              dead_params=c.dead_params, remat=c.remat, unroll=c.unroll)
     self.decoder = PixelDecoder(self.channels, self.decoder_mid, self.patch)
 
   def encode(self, x, train: bool = False):
     """x [B, H, W, C] -> (z [B, H/p, W/p, d], {'energy', 'steps_used' [B, num_layers]})."""
+    c = self.config
+    stack = c.combine == "stack"
     u0 = self.embed(x)
     u, outs, auxes = u0, [], []
     for layer in self.layers:
-      out, aux = layer(u if self.combine == "stack" else u0, train)
+      out, aux = layer(u if stack else u0, train)
       u = out
       outs.append(out)
       auxes.append(aux)
-    z = (u if self.combine == "stack" else sum(outs)) + u0
-    if self.inhibition:
+    z = (u if stack else sum(outs)) + u0
+    if c.inhibition:
       z = lateral_inhibition(z)
-    if self.fatigue:
+    if c.fatigue:
       z = self.fatigue_gate(z)
     return z, {"energy": jnp.mean(jnp.stack([a["energy"] for a in auxes])),
                "steps_used": jnp.stack([a["steps_used"] for a in auxes], axis=-1)}
@@ -441,12 +448,3 @@ class FluidWorld(nn.Module):
 
   def step(self, state, z):
     return self.belief(state, z)
-
-  def decode(self, latent):
-    return self.decoder(latent)
-
-  def __call__(self, x, train: bool = False):
-    """Runs every part once (for init): returns (recon logits, next-frame logits)."""
-    z, _ = self.encode(x, train)
-    _, s = self.step(self.init_state(z), z)
-    return self.decode(z), self.decode(s)

@@ -9,14 +9,12 @@ first k pairs for every k. Three read-in encodings (ENCODINGS):
                et al., each query token (x_k, 0) seeing the pairs before it
 LSA: linear self-attention layers on concatenated tokens, parameterised by the merged matrices.
 """
-from typing import Any, Mapping
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from substrax.models.sharding import param_init
-from substrax.models.transformer import Transformer
+from substrax.models.transformer import BlockConfig, Transformer
 
 ENCODINGS = ("interleaved", "flagged", "concat")
 HEADS = ("mean", "gaussian")
@@ -50,26 +48,20 @@ class ICLTransformer(nn.Module):
   n_points: int
   width: int
   depth: int
-  num_heads: int
-  mlp_ratio: int = 4
-  norm: str = "layernorm"
-  attention: Mapping[str, Any] | None = None  # Attention keyword arguments; None = softmax
+  block: BlockConfig
   encoding: str = "interleaved"
   head: str = "mean"          # or "gaussian"
   positions: bool = True      # learned position embeddings (False: none)
-  dtype: jnp.dtype = jnp.float32
 
   def setup(self):
     # PyTorch's nn.Linear default, as in Garg et al.'s read-in/read-out: with GPT-2's 0.02 the
     # x signal drowns under the position embeddings and training stalls on a long plateau.
     init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
-    self.read_in = nn.Dense(self.width, dtype=self.dtype,
+    self.read_in = nn.Dense(self.width, dtype=self.block.dtype,
                             kernel_init=param_init(init, None, "embed"),
                             bias_init=param_init(nn.initializers.zeros, "embed"))
-    self.backbone = Transformer(self.width, self.depth, self.num_heads,
-                                max_len=2 * self.n_points - 1, mlp_ratio=self.mlp_ratio,
-                                norm=self.norm, attention=self.attention, causal=True,
-                                positions=self.positions, dtype=self.dtype)
+    self.backbone = Transformer(self.width, self.depth, max_len=2 * self.n_points - 1,
+                                block=self.block, causal=True, positions=self.positions)
     self.read_out = nn.Dense(2 if self.head == "gaussian" else 1, dtype=jnp.float32,
                              kernel_init=param_init(init, "embed", None),
                              bias_init=param_init(nn.initializers.zeros, None))

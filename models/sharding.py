@@ -6,7 +6,6 @@ Models name every parameter dimension and constrain activations with logical axi
 import flax.linen as nn
 
 MESH_AXES = ("data", "fsdp", "model")
-LOGICAL_AXES = ("batch", "length", "embed", "mlp", "heads", "kv", "vocab")
 
 
 def param_init(init, *names):

@@ -3,17 +3,38 @@
 It takes already-embedded inputs [batch, length, width] so that every front end (ICL read-in,
 token embeddings, patches) reuses the same stack.
 """
-import functools
+import dataclasses
 import math
 from typing import Any, Mapping
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from substrax.models.attention import Attention
+from substrax.models.attention import Attention, layer_kwargs
 from substrax.models.sharding import constrain, param_init
 
 NORMS = ("layernorm", "rmsnorm")
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockConfig:
+  """The settings every block of a backbone shares; `block_config` reads them from a config."""
+  num_heads: int
+  mlp_ratio: int = 4
+  norm: str = "layernorm"
+  # Attention keyword arguments: kind, impl and the kind's settings (see models/attention);
+  # None means softmax with the default implementation.
+  attention: Mapping[str, Any] | None = None
+  dropout: float = 0.0   # on each residual branch; active only when deterministic=False
+  dtype: Any = jnp.float32   # compute dtype; parameters and norms stay float32
+
+
+def block_config(m) -> BlockConfig:
+  """The BlockConfig of a model config block (the fields validation.check_backbone checks;
+  `dropout` where the config has one)."""
+  return BlockConfig(num_heads=m.num_heads, mlp_ratio=m.mlp_ratio, norm=m.norm,
+                     attention=layer_kwargs(m.attention), dropout=m.get("dropout", 0.0),
+                     dtype=jnp.dtype(m.dtype))
 
 
 def make_norm(kind: str, name: str):
@@ -42,42 +63,31 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-  num_heads: int
-  mlp_ratio: int
-  norm: str
-  attention: Mapping[str, Any]
+  config: BlockConfig
   causal: bool
   max_len: int
-  dtype: jnp.dtype
   out_init: nn.initializers.Initializer
-  dropout: float
 
   @nn.compact
   def __call__(self, x, mask=None, segment_ids=None, deterministic=True):
-    drop = nn.Dropout(self.dropout, deterministic=deterministic or self.dropout == 0)
-    h = make_norm(self.norm, "norm_attn")(x).astype(self.dtype)
-    attn = Attention(self.num_heads, causal=self.causal, max_len=self.max_len, dtype=self.dtype,
-                     out_init=self.out_init, name="attn", **self.attention)
+    c = self.config
+    drop = nn.Dropout(c.dropout, deterministic=deterministic or c.dropout == 0)
+    h = make_norm(c.norm, "norm_attn")(x).astype(c.dtype)
+    attn = Attention(c.num_heads, causal=self.causal, max_len=self.max_len, dtype=c.dtype,
+                     out_init=self.out_init, name="attn", **dict(c.attention or {}))
     x = x + drop(attn(h, mask, segment_ids))
-    h = make_norm(self.norm, "norm_mlp")(x).astype(self.dtype)
-    x = x + drop(MLP(self.mlp_ratio * x.shape[-1], self.dtype, self.out_init, name="mlp")(h))
+    h = make_norm(c.norm, "norm_mlp")(x).astype(c.dtype)
+    x = x + drop(MLP(c.mlp_ratio * x.shape[-1], c.dtype, self.out_init, name="mlp")(h))
     return constrain(x, "batch", "length", None)
 
 
 class Transformer(nn.Module):
   width: int
   depth: int
-  num_heads: int
   max_len: int
-  mlp_ratio: int = 4
-  norm: str = "layernorm"
-  # Attention keyword arguments: kind, impl and the kind's settings (see models/attention);
-  # None means softmax with the default implementation.
-  attention: Mapping[str, Any] | None = None
+  block: BlockConfig
   causal: bool = True
-  dropout: float = 0.0   # on each residual branch; active only when deterministic=False
   positions: bool = True  # learned position embeddings; False: order enters only causally
-  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, mask=None, segment_ids=None, deterministic=True):
@@ -92,9 +102,7 @@ class Transformer(nn.Module):
     x = constrain(x, "batch", "length", None)
     # GPT-2 scales the residual-branch output projections by 1/sqrt(2 * depth).
     out_init = nn.initializers.normal(0.02 / math.sqrt(2 * self.depth))
-    block = functools.partial(Block, self.num_heads, self.mlp_ratio, self.norm,
-                              dict(self.attention or {}),
-                              self.causal, self.max_len, self.dtype, out_init, self.dropout)
     for i in range(self.depth):
-      x = block(name=f"block_{i}")(x, mask, segment_ids, deterministic)
-    return make_norm(self.norm, "norm_final")(x)
+      block = Block(self.block, self.causal, self.max_len, out_init, name=f"block_{i}")
+      x = block(x, mask, segment_ids, deterministic)
+    return make_norm(self.block.norm, "norm_final")(x)

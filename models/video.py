@@ -1,7 +1,7 @@
 """What the three world models share: patch embedding, decoder, losses, training window, rollout.
 
-Layout is NHWC; frames are [batch, time, H, W, C] in [0, 1]. A world model is a linen module with
-four methods, each called through `model.apply(variables, ..., method=name)`:
+Layout is NHWC; frames are [batch, time, H, W, C] in [0, 1]. A world model is a `WorldModel`
+with four methods, each called through `model.apply(variables, ..., method=name)`:
 
   encode(x [B, H, W, C], train) -> (z [B, h, w, d], aux)    aux: dict of diagnostics, e.g.
                                                            'energy' (PDE-alive input), 'steps_used'
@@ -131,6 +131,27 @@ class PixelDecoder(nn.Module):
       x = group_norm(name=f"up_{i}_norm")(gelu(_decoder_conv(width, 3, f"up_{i}_conv")(x)))
       x = ResBlock(name=f"up_{i}_res")(x)
     return _decoder_conv(self.out_channels, 3, "proj_out")(x)
+
+
+class WorldModel(nn.Module):
+  """The fields and methods the three world models share.
+
+  A subclass's setup assigns `decoder` (a PixelDecoder, upsampling by `patch`) and the subclass
+  defines encode, init_state and step. Defaults are the paper's 64x64x3 setting.
+  """
+  channels: int = 3
+  dim: int = 128
+  patch: int = 4
+  decoder_mid: int = 64
+
+  def decode(self, latent):
+    return self.decoder(latent)
+
+  def __call__(self, x, train: bool = False):
+    """Runs every part once (for init): returns (recon logits, next-frame logits)."""
+    z, _ = self.encode(x, train)
+    _, latent = self.step(self.init_state(z), z)
+    return self.decode(z), self.decode(latent)
 
 
 # ---------------------------------------------------------------------------------------------

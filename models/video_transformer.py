@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from substrax.models.attention import Attention
 from substrax.models.sharding import param_init
-from substrax.models.video import PatchEmbed, PixelDecoder, channel_norm, gelu
+from substrax.models.video import PatchEmbed, PixelDecoder, WorldModel, channel_norm, gelu
 
 _init = nn.initializers.truncated_normal(0.02)
 
@@ -50,17 +50,13 @@ class PositionEmbedding(nn.Module):
     return tokens + pos
 
 
-class VideoTransformer(nn.Module):
+class VideoTransformer(WorldModel):
   """Defaults are the paper's baseline (64x64x3, d=128, FFN 384: 800,067 params)."""
-  channels: int = 3
-  dim: int = 128
-  patch: int = 4
   num_heads: int = 8
   depth: int = 2
   temporal_depth: int = 1
   ffn: int = 384
   attention: Mapping[str, Any] | None = None   # Attention kwargs (kind, impl, ...); None: softmax
-  decoder_mid: int = 64
 
   def setup(self):
     self.embed = PatchEmbed(self.dim, self.patch, "layernorm")
@@ -93,11 +89,3 @@ class VideoTransformer(nn.Module):
       t = blk(t)
     latent = self.temporal_norm(t).reshape(z.shape)
     return latent, latent
-
-  def decode(self, latent):
-    return self.decoder(latent)
-
-  def __call__(self, x, train: bool = False):
-    z, _ = self.encode(x, train)
-    _, latent = self.step(self.init_state(z), z)
-    return self.decode(z), self.decode(latent)

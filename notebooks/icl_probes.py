@@ -14,7 +14,7 @@
 # %% [markdown]
 # # Which algorithm does an in-context learner run?
 #
-# Three checks from `train/icl_claims.py`, each the evaluation of an ordinary run:
+# Three checks from `train/analysis/icl_claims.py`, each the evaluation of an ordinary run:
 #
 # 1. **LSA = GD.** A trained linear self-attention layer against one gradient-descent step
 #    with the optimal step size (von Oswald et al. 2023), read off its sensitivities and its
@@ -37,7 +37,8 @@ from IPython.display import Image, display
 from substrax.configs import icl_linear, icl_lsa
 from substrax.models.icl import LSA, gd_weights
 from substrax.data import icl as icl_data
-from substrax.train import icl_claims, ood, probes, trainer
+from substrax.train import trainer
+from substrax.train.analysis import ood, probes
 
 PRESET = os.environ.get("SUBSTRAX_PRESET", "cpu")
 RUNS = os.environ.get("SUBSTRAX_RUNS", "../runs")

@@ -1,11 +1,23 @@
-"""Eight fake CPU devices for every test, set before JAX initialises its backends."""
+"""Eight fake CPU devices for every test, set before JAX initialises its backends, and one
+persistent compilation cache for the whole session.
+
+Most of the suite's time is XLA compiling the same tiny programs again in every test and every
+substrax-* subprocess; with the cache each program compiles once per session (the xdist
+workers and their subprocesses inherit its directory through the environment). The compiled programs are
+the same, so no test sees anything different.
+"""
 import os
 import sys
+import tempfile
 
 import pytest
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:   # set once, by pytest's main process
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="substrax-tests-xla-")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402
 
@@ -32,14 +44,25 @@ def icl_config(preset: str = "tiny", **overrides):
   return experiment_config("icl_linear", preset, **overrides)
 
 
+def cli_env(devices: int = 1, env=None) -> dict:
+  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+              JAX_NUM_CPU_DEVICES=str(devices), **(env or {}))
+
+
 def cli(name: str, *args, devices: int = 1, timeout: float = 300, env=None):
   """Runs a substrax console script in a fresh process with `devices` CPU devices."""
   import subprocess
-  full_env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-                  JAX_NUM_CPU_DEVICES=str(devices), **(env or {}))
   exe = os.path.join(os.path.dirname(sys.executable), name)
   return subprocess.run([exe, *args], capture_output=True, text=True, timeout=timeout,
-                        env=full_env, cwd=REPO)
+                        env=cli_env(devices, env), cwd=REPO)
+
+
+def spawn(name: str, *args, devices: int = 1):
+  """Starts a substrax console script in the background (for signals and races)."""
+  import subprocess
+  exe = os.path.join(os.path.dirname(sys.executable), name)
+  return subprocess.Popen([exe, *args], env=cli_env(devices), cwd=REPO, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 @pytest.fixture

@@ -177,11 +177,12 @@ def test_icl_tiny_trains_with_every_kind(kind):
   exp = trainer.setup(config)
   with exp.activate():
     state = exp.init()
-    before = float(exp.eval_step(state.params, state.model_state, state.step)["loss"])
+    held_out = lambda s: float(exp.eval_step(s.params, s.model_state, exp.eval_data, s.step)["loss"])
+    before = held_out(state)
     losses = []
     for _ in range(50):
-      state, metrics = exp.train_step(state)
+      state, metrics = exp.train_step(state, exp.train_data)
       losses.append(float(metrics["loss"]))
-    after = float(exp.eval_step(state.params, state.model_state, state.step)["loss"])
+    after = held_out(state)
   assert np.all(np.isfinite(losses))
   assert after < 0.97 * before, (kind, before, after)

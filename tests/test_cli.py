@@ -103,8 +103,8 @@ def test_cli_bad_input_exits_2_with_one_line(args, key, tmp_path):
   assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))
 
 
-def test_unknown_preset_and_missing_checkpoint_exit_2(tmp_path):
+def test_unknown_preset_and_a_directory_without_a_run_exit_2(tmp_path):
   run = cli("substrax-train", f"--config={ICL_CONFIG}:huge", f"--workdir={tmp_path}")
   assert run.returncode == 2 and "huge" in run.stderr.strip().splitlines()[-1]
   run = cli("substrax-eval", f"--config={ICL_CONFIG}:tiny", f"--workdir={tmp_path}")
-  assert run.returncode == 2 and "no checkpoint" in run.stderr
+  assert run.returncode == 2 and "has no config.json" in run.stderr

@@ -1,4 +1,5 @@
 """FluidWorld and its matched baselines: counts, PDE maths, gradients, bio state, smoke tests."""
+import dataclasses
 import functools
 
 import flax.linen as nn
@@ -9,13 +10,14 @@ import pytest
 
 from substrax.models import video
 from substrax.models.convlstm import ConvLSTMWorld
-from substrax.models.fluid import FluidLayer, FluidWorld, laplacian
+from substrax.models.fluid import FluidConfig, FluidLayer, FluidWorld, laplacian
 from substrax.models.video_transformer import VideoTransformer
 
 PAPER = dict(channels=3, dim=128)          # 64x64x3, patch 4 -> 16x16 latent (the defaults)
 CPU = dict(channels=1, dim=64, decoder_mid=32)
-TINY_FW = dict(channels=1, dim=16, num_layers=1, layer_steps=2, dilations=(1, 2),
-               belief_steps=2, belief_dilations=(1,), decoder_mid=16)
+TINY = dict(channels=1, dim=16, decoder_mid=16)
+TINY_FLUID = FluidConfig(num_layers=1, layer_steps=2, dilations=(1, 2), belief_steps=2,
+                         belief_dilations=(1,))
 
 
 # These tests are compile-bound: XLA's backend at -O0 halves the compile time of a window's grad.
@@ -59,8 +61,9 @@ def test_paper_parameter_counts():
 
 
 def test_cpu_parameter_counts_match():
+  fluid = FluidConfig(dilations=(1, 2, 8), belief_dilations=(1, 2))
   counts = [
-      size(shapes(FluidWorld(**CPU, dilations=(1, 2, 8), belief_dilations=(1, 2)), 32, 1)),
+      size(shapes(FluidWorld(**CPU, config=fluid), 32, 1)),
       size(shapes(VideoTransformer(**CPU, ffn=204), 32, 1)),
       # GroupNorm(8) cannot split 45 channels; 9 groups of 5 keep the matched width.
       size(shapes(ConvLSTMWorld(**CPU, enc_mid=45, enc_groups=9, hidden=32), 32, 1)),
@@ -149,7 +152,7 @@ def test_adaptive_stopping():
 
 @pytest.fixture(scope="module")
 def tiny_fw():
-  model = FluidWorld(**TINY_FW)
+  model = FluidWorld(**TINY, config=TINY_FLUID)
   frames = jax.random.uniform(jax.random.key(1), (2, 3, 32, 32, 1))
   return model, init(model, frames[:, 0]), frames
 
@@ -186,7 +189,7 @@ def test_bio_updates_only_when_mutable(tiny_fw):
   _, new = step(v, z0)
   assert float(jnp.abs(new["bio"]["belief"]["hebbian"]).max()) > 0
   # Without fatigue the encoder holds no state: eval repeats exactly even while bio updates.
-  calm = FluidWorld(**TINY_FW, fatigue=False)
+  calm = FluidWorld(**TINY, config=dataclasses.replace(TINY_FLUID, fatigue=False))
   bio = {"bio": {"belief": v["bio"]["belief"]}}
   encode_calm = fast_jit(lambda v: calm.apply(v, x, method="encode", mutable=["bio"]))
   (a, _), upd = encode_calm({"params": v["params"], **bio})

@@ -1,5 +1,5 @@
 """ICL mechanisms: LSA constructions equal GD exactly, closed forms, the read-in encodings, and
-a trained LSA layer recovering one GD step (train/icl_claims.py)."""
+a trained LSA layer recovering one GD step (train/analysis/icl_claims.py)."""
 import json
 import os
 
@@ -12,8 +12,10 @@ from conftest import experiment_config
 from substrax.data import icl as icl_data
 from substrax.models import baselines
 from substrax.models.icl import ENCODINGS, LSA, ICLTransformer, gd_weights
-from substrax.train import icl_claims, trainer
-from substrax.train.validation import ConfigError
+from substrax.models.transformer import BlockConfig
+from substrax.train import trainer
+from substrax.train.analysis import icl_claims
+from substrax.train.errors import ConfigError
 
 
 def prompts(d=4, n=9, batch=6, seed=0, **spec_kw):
@@ -118,7 +120,8 @@ def test_alignment_report_is_exact_on_the_constructed_optimum_and_flags_a_wrong_
 @pytest.mark.parametrize("encoding", ENCODINGS)
 def test_encodings_keep_prediction_k_blind_to_y_k_and_later(encoding):
   _, p = prompts(d=3, n=6, batch=2)
-  model = ICLTransformer(n_points=6, width=16, depth=2, num_heads=2, encoding=encoding)
+  model = ICLTransformer(n_points=6, width=16, depth=2, block=BlockConfig(num_heads=2),
+                         encoding=encoding)
   params = model.init(jax.random.key(0), p["xs"], p["ys"])
   base = model.apply(params, p["xs"], p["ys"])
   for k in range(6):

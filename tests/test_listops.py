@@ -4,7 +4,7 @@ import random
 import numpy as np
 import pytest
 
-from substrax.data import listops
+from substrax.data import DataError, listops
 
 SMALL = dict(min_length=20, max_length=200)
 
@@ -115,7 +115,7 @@ def test_uniqueness_in_a_narrow_window():
   # Only 4 ops x 100 digit pairs = 400 trees of 4 tokens exist, so duplicates are frequent.
   data = listops.generate(150, seed=0, min_length=4, max_length=4, max_args=2)
   assert len({row.tobytes() for row in data["tokens"]}) == 150
-  with pytest.raises(RuntimeError):
+  with pytest.raises(DataError, match="no new example"):
     listops.generate(401, seed=0, min_length=4, max_length=4, max_args=2, max_failures=20_000)
 
 

@@ -11,9 +11,10 @@ from conftest import experiment_config
 from substrax.data import digits, pipeline
 from substrax.models import attention
 from substrax.models.classifier import Classifier
+from substrax.models.transformer import BlockConfig
 from substrax.train import trainer
 from substrax.train.tasks import lra
-from substrax.train.validation import ConfigError
+from substrax.train.errors import ConfigError
 
 
 def test_epoch_indices_are_permutations_without_replacement():
@@ -40,8 +41,10 @@ def test_batches_cover_a_split_once_with_fixed_shapes():
                          [("linformer", "mean")])
 def test_padding_never_changes_the_logits(kind, pool):
   """Appending padding (token 0, masked) leaves every kind's prediction unchanged."""
-  model = Classifier(vocab_size=16, num_classes=3, max_len=24, width=32, depth=2, num_heads=2,
-                     pool=pool, attention=dict(kind=kind, window=4, num_features=32, low_rank=8))
+  block = BlockConfig(num_heads=2, mlp_ratio=2,
+                      attention=dict(kind=kind, window=4, num_features=32, low_rank=8))
+  model = Classifier(vocab_size=16, num_classes=3, max_len=24, width=32, depth=2, block=block,
+                     pool=pool)
   tokens = jax.random.randint(jax.random.key(1), (2, 16), 1, 16)
   padded = jnp.pad(tokens, ((0, 0), (0, 8)))
   params = model.init(jax.random.key(0), padded, padded != 0)
@@ -118,8 +121,15 @@ def test_text_and_cifar10_through_tfds(tmp_path, tfds_dir):
 @pytest.mark.parametrize("name, key, value, message", [
     ("lra_listops", "data.name", "cifar100", "data.name: unknown dataset"),
     ("lra_listops", "data.min_length", 100, "data.min_length: must be in"),
-    ("lra_listops", "data.sizes", (10, 0, 5), "data.sizes: needs three positive"),
+    ("lra_listops", "data.sizes", (10, 0, 5), "data.sizes: needs three split sizes"),
+    ("lra_listops", "data.sizes", (10.5, 5, 5), "data.sizes: needs three split sizes"),
+    ("lra_listops", "data.sizes", ("a", "b", "c"), "data.sizes: needs three split sizes"),
+    ("lra_listops", "data.max_length", 2, "data.max_length: must be at least 4"),
     ("lra_pathfinder", "data.difficulty", "extreme", "data.difficulty: unknown difficulty"),
+    ("lra_pathfinder", "data.image_size", 4, "data.image_size: must be at least 16"),
+    ("lra_pathfinder", "data.image_size", 15, "data.image_size: must be at least 16"),
+    ("lra_pathfinder", "data.sizes", (64, 1, 32), "data.sizes: .* integers >= 2"),
+    ("lra_pathfinder", "data.seed", -1, "data.seed: must be >= 0"),
     ("lra_image", "data.downsample", 3, "data.downsample: must be a positive divisor"),
     ("lra_image", "model.pool", "max", "model.pool: unknown pool"),
     ("lra_image", "model.dropout", 1.0, "model.dropout: must be in"),

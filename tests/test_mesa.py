@@ -12,7 +12,7 @@ from substrax.data import icl as icl_data
 from substrax.train import trainer
 from substrax.train.metrics import read_jsonl
 from substrax.train.tasks import mesa
-from substrax.train.validation import ConfigError
+from substrax.train.errors import ConfigError
 
 
 def test_gd_construction_predicts_one_gd_step_and_the_probe_reads_it():

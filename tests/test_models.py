@@ -4,6 +4,7 @@ import numpy as np
 
 from substrax.models import attention
 from substrax.models.icl import ICLTransformer, interleave
+from substrax.models.transformer import BlockConfig
 
 
 def test_interleave_layout():
@@ -16,7 +17,7 @@ def test_interleave_layout():
 
 
 def test_prediction_k_sees_only_the_first_k_pairs():
-  model = ICLTransformer(n_points=8, width=32, depth=2, num_heads=4)
+  model = ICLTransformer(n_points=8, width=32, depth=2, block=BlockConfig(num_heads=4))
   xs = jax.random.normal(jax.random.key(0), (2, 8, 3))
   ys = jax.random.normal(jax.random.key(1), (2, 8))
   params = model.init(jax.random.key(2), xs, ys)

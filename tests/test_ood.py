@@ -7,7 +7,7 @@ import pytest
 
 from substrax.data import icl
 from substrax.models import baselines
-from substrax.train import ood
+from substrax.train.analysis import ood
 
 D, N, B = 4, 9, 64
 SPEC = icl.Spec("linear", D, N)

@@ -10,7 +10,8 @@ import pytest
 
 from substrax.data import icl
 from substrax.models.icl import ICLTransformer, interleave
-from substrax.train import probes
+from substrax.models.transformer import BlockConfig
+from substrax.train.analysis import probes
 
 
 def split(f, y, n_train):
@@ -39,7 +40,7 @@ def test_mlp_probe_fits_a_square_the_linear_probe_cannot():
 @pytest.fixture(scope="module")
 def tiny():
   spec = icl.Spec("linear", n_dims=3, n_points=6)
-  model = ICLTransformer(n_points=6, width=16, depth=2, num_heads=2)
+  model = ICLTransformer(n_points=6, width=16, depth=2, block=BlockConfig(num_heads=2))
   batch = {"xs": jax.random.normal(jax.random.key(0), (4, 6, 3)),
            "ys": jax.random.normal(jax.random.key(1), (4, 6))}
   init = jax.jit(lambda k: model.init(k, batch["xs"], batch["ys"])["params"])

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import ICL_CONFIG, REPO, cli, icl_config
+from substrax.data import DataError
 from substrax.data import tfds as tfds_data
 from substrax.train import trainer
 from test_trainer import losses_in_process, train_losses
@@ -182,7 +183,7 @@ def test_data_source_errors_are_one_line_naming_the_path(tmp_path, monkeypatch):
   pytest.importorskip("tensorflow_datasets")
   monkeypatch.setattr(tfds_data, "open_source",
                       lambda *a, **k: [{"img": np.zeros((32, 32, 3), np.uint8), "label": 1}])
-  with pytest.raises(tfds_data.DataSourceError) as err:
+  with pytest.raises(DataError) as err:
     tfds_data.load("cifar10", "test", missing)
   message = str(err.value)
   assert missing in message and "schema" in message and "'image'" in message

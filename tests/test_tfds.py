@@ -1,10 +1,14 @@
 """LRA Image/Text adapters, and `load` through a real `tfds.data_source` on tiny datasets."""
+import glob
+import os
+import shutil
 import sys
 
 import numpy as np
 import pytest
 
 from conftest import cifar_records
+from substrax.data import DataError
 from substrax.data import tfds as lra
 
 
@@ -84,10 +88,35 @@ def test_load_imdb_through_data_source(tfds_dir):
 
 
 def test_load_missing_dataset_is_one_clear_error(tfds_dir, tmp_path):
-  with pytest.raises(lra.DataSourceError) as err:
+  with pytest.raises(DataError) as err:
     lra.load("imdb_reviews", "test", str(tmp_path), max_length=10)
   message = str(err.value)
   assert "imdb_reviews" in message and str(tmp_path) in message and "tfds build" in message
   assert "\n" not in message
   with pytest.raises(ValueError, match="split"):   # a prepared dataset's errors pass through
     lra.load("cifar10", "validation", tfds_dir)
+
+
+def _truncate(path, size):
+  with open(path, "r+b") as f:
+    f.truncate(size)
+
+
+@pytest.mark.parametrize("damage, says", [
+    (lambda shard, info: os.remove(shard), "its files cannot be read"),
+    (lambda shard, info: _truncate(shard, 3000), "its files cannot be read"),
+    (lambda shard, info: _truncate(shard, os.path.getsize(shard) // 2), "cannot be read"),
+    (lambda shard, info: _truncate(info, 100), "cannot be opened"),
+    (lambda shard, info: os.remove(info), "is not prepared"),
+])
+def test_half_built_dataset_is_one_data_error(tfds_dir, tmp_path, damage, says):
+  data_dir = str(tmp_path / "tfds")
+  shutil.copytree(tfds_dir, data_dir)   # the fixture's copy is shared by other tests
+  version = os.path.join(data_dir, "cifar10", "3.0.2")
+  damage(glob.glob(os.path.join(version, "cifar10-train.array_record-*"))[0],
+         os.path.join(version, "dataset_info.json"))
+  with pytest.raises(DataError, match=says) as err:
+    lra.load("cifar10", "train", data_dir)
+  message = str(err.value)
+  assert message.startswith("TFDS dataset 'cifar10'") and data_dir in message
+  assert "\n" not in message

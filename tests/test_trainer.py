@@ -7,7 +7,6 @@ import time
 
 import jax
 import numpy as np
-import pytest
 
 from conftest import ICL_CONFIG, REPO, cli, icl_config
 from substrax.train import checkpointing, trainer
@@ -33,7 +32,7 @@ def losses_in_process(config, steps):
   with exp.activate():
     state = exp.init()
     for _ in range(steps):
-      state, m = exp.train_step(state)
+      state, m = exp.train_step(state, exp.train_data)
       out.append(float(m["loss"]))
   return np.array(out)
 

@@ -7,9 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import moving_mnist_records, ucf101_records
+from conftest import experiment_config, moving_mnist_records, ucf101_records
+from substrax.data import DataError
 from substrax.data import video as V
-from substrax.data.tfds import DataSourceError
+from substrax.train.errors import ConfigError
+from substrax.train.tasks import video as video_task
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +195,7 @@ def test_gray_scott_cache_reuse_and_atomic_write(tmp_path, monkeypatch):
   monkeypatch.undo()
   # Any other argument is another file; a write that fails leaves nothing behind.
   monkeypatch.setattr(np, "savez", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
-  with pytest.raises(OSError, match="disk full"):
+  with pytest.raises(DataError, match="data.cache_dir: cannot write .*disk full"):
     V.build_gray_scott(tmp_path, **dict(args, seed=1))
   assert os.listdir(tmp_path) == files
 
@@ -286,7 +288,7 @@ def test_load_tfds_errors(video_tfds_dir, tmp_path, monkeypatch):
     V.load_tfds("kinetics", "test")
   with pytest.raises(ValueError, match="ucf101 only"):
     V.load_tfds("moving_mnist", "test", video_tfds_dir, frames=10)
-  with pytest.raises(DataSourceError) as err:
+  with pytest.raises(DataError) as err:
     V.load_tfds("moving_mnist", "test", str(tmp_path))
   message = str(err.value)
   assert "moving_mnist" in message and str(tmp_path) in message and "tfds build" in message
@@ -296,3 +298,28 @@ def test_load_tfds_errors(video_tfds_dir, tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)
   with pytest.raises(ImportError, match=r"pip install 'substrax\[tfds\]'"):
     V.load_tfds("ucf101", "test", str(tmp_path))
+
+
+# ------------------------------------------------------- config values the data and models need
+
+@pytest.mark.parametrize("name, key, value", [
+    ("fluid_grayscott", "model.fluid.dt_clip", (0.1,)),
+    ("fluid_grayscott", "model.fluid.belief_dt_clip", (0.1, 0.2, 0.3)),
+    ("fluid_grayscott", "model.fluid.dt_clip", ("a", "b")),     # a flag typo
+    ("fluid_grayscott", "model.fluid.dt_clip", (0.2, 0.1)),
+    ("fluid_grayscott", "model.fluid.dilations", (1, "a")),
+    ("fluid_grayscott", "model.fluid.dilations", (1.5, 2)),
+    ("fluid_grayscott", "model.fluid.unroll", -1),
+    ("fluid_grayscott", "data.sizes", (20, "a")),
+    ("fluid_grayscott", "data.sizes", (20.5, 10)),
+    ("fluid_grayscott", "data.regimes", ("spots", "spots")),
+    ("fluid_grayscott", "data.regimes", (["spots"],)),          # unhashable: no TypeError
+    ("fluid_grayscott", "data.seed", -1),
+    ("fluid_grayscott", "eval.feedback", (["latent"],)),
+    ("fluid_mmnist", "data.test_seed", -1),
+])
+def test_bad_video_config_is_one_line_naming_the_key(name, key, value):
+  config = experiment_config(name, "tiny", **{key: value})
+  with pytest.raises(ConfigError, match=f"^{key}:") as err:
+    video_task.validate(config)
+  assert "\n" not in str(err.value)

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from substrax.train import video_metrics as vm
+from substrax.train.analysis import video_metrics as vm
 
 
 def frames(seed=0, shape=(2, 3, 20, 24, 3), noise=0.2):

@@ -10,7 +10,7 @@ from conftest import experiment_config
 from substrax.train import trainer
 from substrax.train.metrics import read_jsonl
 from substrax.train.tasks import video
-from substrax.train.validation import ConfigError
+from substrax.train.errors import ConfigError
 
 TRIVIAL = ("zero", "copy_last", "context_mean")
 PAPER_COUNTS = {"fluid": 800_975, "transformer": 800_067, "convlstm": 801_995}

@@ -1,9 +1,11 @@
 """Orbax checkpoints of the train state: async saves, the newest K kept, sharded restores.
 
 A save that never finished (the process was killed mid-write) leaves a `<step>.orbax-checkpoint-
-tmp` directory that Orbax never lists as a step; `make_manager` reports and removes it. A listed
-checkpoint that fails to restore (truncated or corrupted files) is renamed `<step>.unreadable`
-by `restore_newest`, which then tries the next older one.
+tmp` directory that Orbax never lists as a step; the trainer's manager reports and removes it.
+A listed checkpoint that fails to read (truncated or corrupted files) is renamed
+`<step>.unreadable` by the trainer, which then tries the next older one; `substrax-eval` opens
+the directory read-only and only skips it. A checkpoint whose shapes differ from the config's
+model is not unreadable: it belongs to another experiment, and that is a config error.
 """
 import os
 import sys
@@ -14,11 +16,14 @@ from etils import epath
 from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
+from substrax.train.errors import ConfigError, StorageError, reason
+
 TMP_SUFFIX = ".orbax-checkpoint-tmp"
+UNREADABLE = ".unreadable"
 
 
 def status(message: str):
-  """One `substrax: ...` line on stderr from process 0 (library logs stay at WARNING)."""
+  """One `substrax: ...` line on stderr from process 0 (library logs are silenced)."""
   if jax.process_index() == 0:
     print(f"substrax: {message}", file=sys.stderr, flush=True)
 
@@ -28,11 +33,12 @@ def directory(config, workdir: str) -> str:
   return config.checkpoint.directory or os.path.abspath(os.path.join(workdir, "checkpoints"))
 
 
-def make_manager(directory: str, keep: int) -> ocp.CheckpointManager:
+def make_manager(directory: str, keep: int, read_only: bool = False) -> ocp.CheckpointManager:
+  """The trainer's manager, or with `read_only` one that never writes, renames or deletes."""
   # The trainer decides when to save (after checking the step's metrics), so every save is
   # forced; the manager only keeps the newest `keep` and writes asynchronously.
   path = epath.Path(directory)
-  if path.is_dir():
+  if not read_only and path.is_dir():
     for entry in sorted(path.iterdir()):
       if TMP_SUFFIX in entry.name:
         status(f"warning: ignoring the incomplete checkpoint {entry} "
@@ -41,13 +47,38 @@ def make_manager(directory: str, keep: int) -> ocp.CheckpointManager:
       path,
       options=ocp.CheckpointManagerOptions(
           preservation_policy=preservation_policy.LatestN(keep),
-          enable_async_checkpointing=True,
-          cleanup_tmp_directories=True),
-      item_names=("state",))
+          enable_async_checkpointing=True, read_only=read_only, create=not read_only,
+          cleanup_tmp_directories=not read_only),
+      item_handlers={"state": ocp.StandardCheckpointHandler()})
+
+
+def complete_steps(manager) -> list[int]:
+  """Steps whose save finished, read from the directory itself (Orbax renames a checkpoint to
+  its bare step number only once every file of it is written)."""
+  path = epath.Path(manager.directory)
+  return sorted(int(p.name) for p in path.iterdir() if p.name.isdigit()) if path.is_dir() else []
+
+
+def _save_failed(manager, e: Exception) -> StorageError:
+  return StorageError(
+      f"saving a checkpoint in {manager.directory} failed ({reason(e)}); the checkpoints there "
+      f"at steps {complete_steps(manager) or 'none'} are intact")
 
 
 def save(manager: ocp.CheckpointManager, step: int, state) -> None:
-  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=True)
+  """Starts an async save. An earlier async save that failed raises here, as StorageError."""
+  try:
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=True)
+  except Exception as e:  # noqa: BLE001 - Orbax reports I/O failures as many exception types
+    raise _save_failed(manager, e) from e
+
+
+def wait(manager: ocp.CheckpointManager) -> None:
+  """Waits for the last async save; its failure raises as StorageError."""
+  try:
+    manager.wait_until_finished()
+  except Exception as e:  # noqa: BLE001
+    raise _save_failed(manager, e) from e
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state):
@@ -57,28 +88,77 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state):
   return restored["state"]
 
 
-def restore_newest(manager: ocp.CheckpointManager, abstract_state):
+def _path_key(path) -> str:
+  return "/".join(str(next((getattr(k, a) for a in ("key", "idx", "name") if hasattr(k, a)), k))
+                  for k in path)
+
+
+def _shapes(tree) -> dict:
+  return {_path_key(p): tuple(leaf.shape) for p, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def mismatch(metadata, abstract_state) -> str:
+  """How a checkpoint's arrays differ from the state the config builds ('' if they fit)."""
+  saved, wanted = _shapes(metadata), _shapes(abstract_state)
+  diffs = [f"{k} is {saved[k]} there and {wanted[k]} here" for k in wanted
+           if k in saved and saved[k] != wanted[k]]
+  diffs += [f"{k} is missing there" for k in wanted if k not in saved]
+  diffs += [f"{k} is not in this model" for k in saved if k not in wanted]
+  more = f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else ""
+  return "; ".join(diffs[:3]) + more
+
+
+def restore_newest(manager: ocp.CheckpointManager, abstract_state, set_aside: bool):
   """(state, step) from the newest readable checkpoint, or (None, None) if there is none.
 
-  An unreadable one is set aside with a warning, never deleted, and the next older one is tried.
+  An unreadable checkpoint is skipped with a warning (and renamed `<step>.unreadable` if
+  `set_aside`), never deleted. Raises ConfigError if a checkpoint has other shapes than the
+  config's model, or if checkpoints exist but none can be read: a run is never silently
+  restarted from step 0.
   """
+  path = epath.Path(manager.directory)
+  skipped = []
   for step in sorted(manager.all_steps(), reverse=True):
     try:
-      return restore(manager, step, abstract_state), step
+      metadata = manager.item_metadata(step)["state"]
+      if metadata is None:
+        raise ValueError("no metadata")
     except Exception as e:  # noqa: BLE001 - any failure to read means: not usable
-      path = manager.directory / str(step)
-      reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-      target, n = path.with_name(f"{step}.unreadable"), 1
-      while target.exists():
-        target, n = path.with_name(f"{step}.unreadable{n}"), n + 1
-      status(f"warning: the checkpoint {path} is unreadable ({type(e).__name__}: {reason}); "
-             f"it is renamed {target.name} and an older one is tried")
-      if jax.process_index() == 0:
-        path.rename(target)
-      if jax.process_count() > 1:
-        multihost_utils.sync_global_devices(f"substrax: set aside checkpoint {step}")
-      manager.reload()
+      failure = e
+    else:
+      problem = mismatch(metadata, abstract_state)
+      if problem:
+        raise ConfigError(f"checkpoint.directory: the checkpoint at step {step} in {path} was "
+                          f"written by another model: {problem}")
+      try:
+        return restore(manager, step, abstract_state), step
+      except Exception as e:  # noqa: BLE001
+        failure = e
+    if not _unreadable(manager, path / str(step), failure, set_aside):
+      skipped.append(str(step))
+  aside = sorted(p.name for p in path.iterdir() if UNREADABLE in p.name) if path.is_dir() else []
+  if skipped or aside:
+    raise ConfigError(f"checkpoint.directory: no readable checkpoint in {path} (unreadable: "
+                      f"{', '.join(skipped + aside)}); to start over, use another --workdir")
   return None, None
+
+
+def _unreadable(manager, path: epath.Path, e: Exception, set_aside: bool) -> bool:
+  """Warns, and renames the checkpoint if `set_aside`; returns whether it was renamed."""
+  if not set_aside:
+    status(f"warning: the checkpoint {path} is unreadable ({reason(e)}); an older one is tried")
+    return False
+  target, n = path.with_name(path.name + UNREADABLE), 1
+  while target.exists():
+    target, n = path.with_name(f"{path.name}{UNREADABLE}{n}"), n + 1
+  status(f"warning: the checkpoint {path} is unreadable ({reason(e)}); it is renamed "
+         f"{target.name} and an older one is tried")
+  if jax.process_index() == 0:
+    path.rename(target)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f"substrax: set aside checkpoint {path.name}")
+  manager.reload()
+  return True
 
 
 def abstract_with_shardings(shapes, shardings):

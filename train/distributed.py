@@ -8,7 +8,8 @@ import os
 
 import jax
 
-from substrax.train.validation import ConfigError, require
+from substrax.train.errors import ConfigError
+from substrax.train.validation import require
 
 # Environment fallbacks for fields left unset (JAX itself reads $JAX_COORDINATOR_ADDRESS).
 ENV = {"num_processes": "JAX_NUM_PROCESSES", "process_id": "JAX_PROCESS_ID"}

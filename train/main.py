@@ -1,63 +1,155 @@
 """Command-line entry points: substrax-train, substrax-eval, substrax-inspect.
 
-  substrax-train --config=configs/icl_linear.py:cpu --workdir=runs/icl [--config.a.b=value ...]
+  substrax-train --config=icl_linear:cpu --workdir=runs/icl [--config.a.b=value ...]
 
-Exit status: 0 done, 1 a NaN/Inf loss stopped training, 2 a bad config or input, 143 SIGTERM
-(after saving a checkpoint; rerun the same command to resume).
+`--config` takes a config file (`configs/icl_linear.py:cpu`) or the name of one installed with
+the package (`icl_linear:cpu`), so the commands work from any directory. Exit statuses are in
+train/errors.py: 0 done, 1 NaN/Inf, 2 bad input, 74 a failed write, 130 SIGINT, 143 SIGTERM.
+Every exit by design is one line on stderr; `--verbose` adds the traceback and library logs.
 """
 import json
 import logging as pylogging
+import os
+import re
+import signal
 import sys
+import threading
+import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-# JAX reports each platform it probes (TPU, GPU) at INFO level; keep stderr for what matters.
-pylogging.getLogger("jax._src.xla_bridge").setLevel(pylogging.WARNING)
-config_flags.DEFINE_config_file("config", None, "Experiment config file[:preset].",
-                                lock_config=True)
+config_flags.DEFINE_config_file("config", None, "Experiment config: a file or an installed "
+                                "config's name, then :preset.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, eval outputs.")
 flags.DEFINE_bool("json", False, "substrax-inspect: print JSON instead of a table.")
+flags.DEFINE_bool("verbose", False, "Show tracebacks and library logs on exits by design.")
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def named_configs() -> list[str]:
+  return sorted(f[:-3] for f in os.listdir(CONFIGS)
+                if f.endswith(".py") and f not in ("__init__.py", "common.py"))
+
+
+def resolve_config(value: str) -> str:
+  """`--config`'s value with an installed config's name replaced by its file's path."""
+  path, sep, preset = value.partition(":")
+  if not path:
+    raise ValueError("--config: is empty; give a config file or one of "
+                     f"{', '.join(named_configs())}, e.g. --config=icl_linear:cpu")
+  if os.path.isfile(path):
+    return value
+  if path in named_configs():
+    return os.path.join(CONFIGS, path + ".py") + sep + preset
+  raise ValueError(f"--config: no file {path!r}, and no installed config of that name; "
+                   f"installed: {', '.join(named_configs())}")
+
+
+def _config_value(argv) -> tuple[int, str] | None:
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      return i, arg[len("--config="):]
+    if arg == "--config" and i + 1 < len(argv):
+      return i + 1, argv[i + 1]
+  return None
+
+
+def _unknown_key(message: str, argv) -> str | None:
+  """ml_collections' KeyError repr for an override of a missing field, as one readable line:
+  `unknown key model.widht (did you mean model.width?)`."""
+  match = re.search(r"[\"']\\?'(\w+)\\?'(?:\\n)?(?:Did you mean \"(\w+)\")?", message)
+  if not match:
+    return None
+  bad, suggestion = match.groups()
+  for arg in argv:
+    key = arg.partition("=")[0].removeprefix("--config.")
+    parts = key.split(".")
+    if arg.startswith("--config.") and bad in parts:
+      at = parts.index(bad)
+      line = f"unknown key {key}"
+      if suggestion:
+        line += f" (did you mean {'.'.join(parts[:at] + [suggestion] + parts[at + 1:])}?)"
+      return line
+  return None
 
 
 def _parse(argv):
   """absl parsing, but any flag or config-file error is one line and exit status 2."""
+  name = argv[0].rsplit("/", 1)[-1]
   try:
+    found = _config_value(argv)
+    if found is None:
+      raise ValueError("--config: is required, e.g. --config=icl_linear:cpu")
+    i, value = found
+    argv = list(argv)
+    argv[i] = argv[i][:len(argv[i]) - len(value)] + resolve_config(value)
     rest = FLAGS(argv)
-    if FLAGS.config is None:
-      raise ValueError("--config is required, e.g. --config=configs/icl_linear.py:cpu")
+    FLAGS.config.get("task")   # a config file that failed to load raises here
     return rest
   except Exception as e:  # noqa: BLE001 - every parse failure is a bad input
-    message = str(e).strip().splitlines()
-    print(f"{argv[0].rsplit('/', 1)[-1]}: {message[-1] if message else type(e).__name__}",
-          file=sys.stderr)
+    if "--verbose" in argv:
+      traceback.print_exc()
+    message = str(e).strip()
+    line = _unknown_key(message, argv) or _last_line(e)
+    print(f"{name}: {line}", file=sys.stderr)
     sys.exit(2)
 
 
+def _last_line(e: BaseException) -> str:
+  """The most specific line of an exception chain (config loaders wrap the real cause)."""
+  while e.__cause__ is not None:
+    e = e.__cause__
+  lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+  return lines[-1] if lines else type(e).__name__
+
+
+def _quiet_libraries():
+  """Orbax, asyncio and tensorboardX report recoverable events as tracebacks and warnings;
+  the trainer prints its own one-line status for each, so theirs are dropped."""
+  logging.set_verbosity(logging.ERROR)
+  for logger in ("asyncio", "jax._src.xla_bridge", "tensorboardX"):
+    pylogging.getLogger(logger).setLevel(pylogging.CRITICAL)
+  pylogging.getLogger("absl").addFilter(lambda r: "/orbax/" not in r.pathname)
+  # Orbax's background save threads print the traceback of a failed write; the failure
+  # reaches the trainer as an exception and is reported there in one line.
+  threading.excepthook = lambda args: None
+  sys.unraisablehook = lambda args: None
+
+
+def _sigterm(signum, frame):
+  from substrax.train.errors import Stopped
+  raise Stopped("SIGTERM: stopped outside a training step; nothing unsaved was lost, rerun the "
+                "same command to continue", signum)
+
+
 def _guard(fn):
-  """Maps the trainer's outcomes to exit statuses, with one line on stderr."""
-  from substrax.data.tfds import DataSourceError
-  from substrax.train import trainer, validation
+  """Maps the ways a run ends by design (train/errors.py) to exit statuses, one line each."""
 
   def main(argv):
     del argv
-    # Orbax and JAX log every save and compile at INFO; the trainer prints its own status lines.
-    logging.set_verbosity(logging.WARNING)
+    from substrax.data import DataError
+    from substrax.train.errors import ConfigError, NonFiniteLoss, StorageError, Stopped
+    by_design = ((ConfigError, 2, "config error: "), (DataError, 2, "data error: "),
+                 (NonFiniteLoss, 1, "error: "), (StorageError, 74, "storage error: "),
+                 (Stopped, None, ""), (KeyboardInterrupt, 130, "SIGINT: stopped without "
+                                      "saving; a rerun resumes from the newest checkpoint"))
+    if not FLAGS.verbose:
+      _quiet_libraries()
+    signal.signal(signal.SIGTERM, _sigterm)
     try:
       fn()
-    except validation.ConfigError as e:
-      print(f"config error: {e}", file=sys.stderr)
-      sys.exit(2)
-    except DataSourceError as e:
-      print(f"data error: {e}", file=sys.stderr)
-      sys.exit(2)
-    except trainer.NonFiniteLoss as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(1)
-    except trainer.Preempted as e:
-      print(str(e), file=sys.stderr)
-      sys.exit(143)
+    except tuple(t for t, _, _ in by_design) as e:
+      if FLAGS.verbose:
+        traceback.print_exc()
+      status, prefix = next((s, p) for t, s, p in by_design if isinstance(e, t))
+      print(prefix + str(e), file=sys.stderr, flush=True)
+      sys.stdout.flush()
+      # Skip interpreter teardown: Orbax's background threads and event loops print
+      # tracebacks while shutting down, and one may still wait on a failed write.
+      os._exit(e.exit_status if status is None else status)
   return main
 
 
@@ -68,8 +160,7 @@ def _train():
 
 
 def _eval():
-  from substrax.train import distributed, trainer, validation
-  validation.require(bool(FLAGS.workdir), "--workdir", "is required")
+  from substrax.train import distributed, trainer
   distributed.initialize(FLAGS.config.distributed)
   trainer.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
 

@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import functools
 import json
-import os
 import signal
 import time
 from typing import Any, Callable
@@ -20,21 +19,9 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from substrax.train import checkpointing, optim, tasks, validation
-from substrax.train import mesh as mesh_lib, step as step_lib
+from substrax.train import mesh as mesh_lib, step as step_lib, workdir as workdir_lib
+from substrax.train.errors import NonFiniteLoss, StorageError, Stopped, STORAGE_ERRNOS, reason
 from substrax.train.metrics import MetricWriter
-
-
-class Preempted(Exception):
-  """SIGTERM arrived; a checkpoint was saved at `step`."""
-
-  def __init__(self, step: int):
-    super().__init__(
-        f"SIGTERM: saved a checkpoint at step {step}; rerun the same command to resume")
-    self.step = step
-
-
-class NonFiniteLoss(FloatingPointError):
-  """The loss or gradient became NaN/Inf; no checkpoint was written after the last good step."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,9 +31,12 @@ class Experiment:
   rules: tuple
   task: tasks.Task
   abstract_state: step_lib.TrainState   # ShapeDtypeStructs carrying their shardings
+  train_data: Any        # the task's training arrays on the mesh, an argument of train_step
+  eval_data: Any         # the task's held-out arrays on the mesh, an argument of eval_step
   init: Callable         # () -> sharded initial TrainState, a function of config.seed
-  train_step: Callable   # state -> (state, metrics): samples the step's batch, updates; donates
-  eval_step: Callable    # (params, model_state, step) -> held-out metrics (jitted task.eval_step)
+  train_step: Callable   # (state, train_data) -> (state, metrics): draws the step's batch from
+                         # train_data, then updates; donates the state
+  eval_step: Callable    # (params, model_state, eval_data, step) -> held-out metrics
 
   @contextlib.contextmanager
   def activate(self):
@@ -61,13 +51,27 @@ def _strip_boxes(tree):
                       is_leaf=lambda x: isinstance(x, nn.Partitioned))
 
 
+def replicate(tree, mesh):
+  """Host or device arrays -> arrays replicated on every device of the mesh, also across
+  processes (each process holds the same values: the data is a function of the config)."""
+  sharding = NamedSharding(mesh, P())
+  return jax.tree.map(
+      lambda x: jax.make_array_from_callback(np.shape(x), sharding,
+                                             lambda idx, x=np.asarray(x): x[idx]), tree)
+
+
+def validate(config) -> tuple[int, ...]:
+  """Every check of the config that needs neither data nor compiling; returns the mesh shape."""
+  validation.check_trainer(config)
+  shape = mesh_lib.config_shape(config, jax.device_count())
+  tasks.get(config.task).validate(config)
+  return shape
+
+
 def setup(config) -> Experiment:
   """Validates the config, builds the mesh and task, and prepares the jitted functions."""
   task_module = tasks.get(config.task)
-  shape = mesh_lib.mesh_shape(config)
-  validation.check_trainer(config, shape, jax.device_count())
-  task_module.validate(config)
-  mesh = mesh_lib.make_mesh(shape)
+  mesh = mesh_lib.make_mesh(validate(config))
   rules = tuple((name, tuple(t) if isinstance(t, list) else t)
                 for name, t in config.logical_axis_rules)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -86,55 +90,64 @@ def setup(config) -> Experiment:
   init_key, data_key = (jax.random.fold_in(jax.random.key(config.seed), i) for i in (0, 1))
   update = functools.partial(step_lib.train_step, loss_fn=task.loss_fn, tx=tx, schedule=schedule)
 
-  def sample_and_update(state):
-    # Data is a pure function of (seed, step), sampled on device: resumes are exact and the
-    # host never feeds the loop.
-    batch = task.sample_batch(jax.random.fold_in(data_key, state.step), state.step)
+  def sample_and_update(state, data):
+    # The batch is a pure function of (data, seed, step), drawn on device: resumes are exact
+    # and the host never feeds the loop. The data is an argument, never a closed-over
+    # constant, so the compiled step does not grow with the dataset.
+    batch = task.sample_batch(data, jax.random.fold_in(data_key, state.step), state.step)
     return update(state, jax.lax.with_sharding_constraint(batch, batch_sharding))
 
+  # Datasets are replicated: a step gathers random rows, which a sharded copy would turn
+  # into cross-device traffic every step, and every LRA-scale split fits beside the model.
+  train_data, eval_data = replicate(task.train_data, mesh), replicate(task.eval_data, mesh)
+  data_sharding = jax.tree.map(lambda x: x.sharding, train_data)
   return Experiment(
       config=config, mesh=mesh, rules=rules, task=task,
       abstract_state=checkpointing.abstract_with_shardings(shapes, state_sharding),
+      train_data=train_data, eval_data=eval_data,
       init=jax.jit(lambda: _strip_boxes(init_boxed(init_key)), out_shardings=state_sharding),
-      train_step=jax.jit(sample_and_update, in_shardings=(state_sharding,),
+      train_step=jax.jit(sample_and_update, in_shardings=(state_sharding, data_sharding),
                          out_shardings=(state_sharding, NamedSharding(mesh, P())),
                          donate_argnums=0),
       eval_step=jax.jit(task.eval_step))
 
 
-class _PreemptionCheck:
-  """Whether to save and stop after a step because SIGTERM arrived.
+class _StopRequests:
+  """Whether to save and stop after a step because SIGINT or SIGTERM arrived.
 
-  One process: a Python SIGTERM handler sets a flag. Several processes: SIGTERM may reach only
-  one of them, so JAX's preemption service (which catches SIGTERM itself) picks a step that
-  every process reaches, and they all save there together.
+  One process: the first signal sets a flag that the loop reads after every step; a second
+  SIGINT stops at once without saving (KeyboardInterrupt). Several processes: SIGTERM may
+  reach only one of them, so JAX's preemption service (which catches SIGTERM itself) picks a
+  step that every process reaches, and they all save there together; SIGINT stops at once.
   """
 
   def __enter__(self):
-    self.requested, self._previous = False, None
+    self.signum, self._previous = None, {}
     self._multiprocess = jax.process_count() > 1
-    if not self._multiprocess:
+    for signum in () if self._multiprocess else (signal.SIGINT, signal.SIGTERM):
       try:
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self._previous[signum] = signal.signal(signum, self._handle)
       except ValueError:  # not the main thread (e.g. some notebook runners): no handler
         pass
     return self
 
   def _handle(self, signum, frame):
-    self.requested = True
+    if self.signum is not None and signum == signal.SIGINT:
+      signal.default_int_handler(signum, frame)
+    self.signum = signum
 
   def __call__(self, step: int) -> bool:
-    if self._multiprocess:
-      self.requested = multihost_utils.reached_preemption_sync_point(step)
-    return self.requested
+    if self._multiprocess and multihost_utils.reached_preemption_sync_point(step):
+      self.signum = signal.SIGTERM
+    return self.signum is not None
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
 
 
 def restore_or_init(exp: Experiment, manager) -> tuple[step_lib.TrainState, int]:
-  state, step = checkpointing.restore_newest(manager, exp.abstract_state)
+  state, step = checkpointing.restore_newest(manager, exp.abstract_state, set_aside=True)
   if state is None:
     return exp.init(), 0
   checkpointing.status(f"resuming from the checkpoint at step {step} in {manager.directory}")
@@ -145,41 +158,68 @@ def evaluate(exp: Experiment, state: step_lib.TrainState, workdir: str, step: in
   """Runs the task's evaluator. Evaluators read their results on the host, so with several
   processes the state is gathered to every host, and process 0 alone evaluates it with the task
   rebuilt on its own devices."""
-  if jax.process_count() == 1:
-    return exp.task.evaluate(state.params, state.model_state, workdir, step)
-  params, model_state = multihost_utils.process_allgather(
-      (state.params, state.model_state), tiled=True)
-  if jax.process_index() != 0:
-    return None
-  with jax.set_mesh(mesh_lib.make_mesh((-1, 1, 1), jax.local_devices())), \
-       nn.logical_axis_rules(exp.rules):
-    task = tasks.get(exp.config.task).build(exp.config)
-    return task.evaluate(params, model_state, workdir, step)
+  try:
+    if jax.process_count() == 1:
+      return exp.task.evaluate(state.params, state.model_state, workdir, step)
+    params, model_state = multihost_utils.process_allgather(
+        (state.params, state.model_state), tiled=True)
+    if jax.process_index() != 0:
+      return None
+    with jax.set_mesh(mesh_lib.make_mesh((-1, 1, 1), jax.local_devices())), \
+         nn.logical_axis_rules(exp.rules):
+      task = tasks.get(exp.config.task).build(exp.config)
+      return task.evaluate(params, model_state, workdir, step)
+  except OSError as e:
+    if e.errno not in STORAGE_ERRNOS:
+      raise
+    raise StorageError(f"writing the evaluation of step {step} failed ({reason(e)}: "
+                       f"{e.filename}); the checkpoints are intact, substrax-eval reruns it")
 
 
 def train_and_evaluate(config, workdir: str) -> step_lib.TrainState:
-  """Trains to config.num_steps (resuming from workdir's newest checkpoint), then evaluates."""
-  validation.check_workdir(workdir)
-  exp = setup(config)
-  with exp.activate():
-    manager = checkpointing.make_manager(checkpointing.directory(config, workdir),
-                                         config.checkpoint.keep)
-    state, start = restore_or_init(exp, manager)
-    if jax.process_index() == 0:
-      with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
-    writer = MetricWriter(workdir, resume_step=start)
-    try:
-      state = _train_loop(exp, state, start, manager, writer)
-    finally:
-      manager.close()   # waits for the last async save
-      writer.close()
-    evaluate(exp, state, workdir, config.num_steps)
+  """Trains to config.num_steps (resuming from workdir's newest checkpoint), then evaluates.
+
+  Before anything is compiled: the directories are writable, no other trainer holds the
+  workdir, and the config is the experiment that the workdir's config.json records.
+  """
+  validate(config)   # a bad value fails before any directory is made (setup checks again)
+  checkpoint_dir = checkpointing.directory(config, workdir)
+  workdir_lib.check_for_training(workdir, checkpoint_dir)
+  lock = workdir_lib.Lock(workdir, checkpointing.status)
+  with lock if jax.process_index() == 0 else contextlib.nullcontext():
+    recorded = workdir_lib.check_config(workdir, config, training=True)
+    exp = setup(config)
+    with exp.activate():
+      manager = checkpointing.make_manager(checkpoint_dir, config.checkpoint.keep)
+      state, start = restore_or_init(exp, manager)
+      if jax.process_index() == 0:
+        if recorded is None and start > 0:
+          checkpointing.status(f"warning: {workdir}/config.json was missing; it is written "
+                               "from this config")
+        workdir_lib.write_config(workdir, config)
+      writer = MetricWriter(workdir, start, checkpointing.status)
+      try:
+        state, step = _train_loop(exp, state, start, manager, writer)
+        checkpointing.wait(manager)
+      except (StorageError, KeyboardInterrupt):
+        raise   # a failed save, or a second Ctrl-C: waiting on the saves could hang
+      except BaseException:
+        checkpointing.wait(manager)   # a save in flight finishes before the process exits
+        raise
+      finally:
+        writer.close()
+      manager.close()
+      evaluate(exp, state, workdir, step)
   return state
 
 
 def _train_loop(exp, state, start, manager, writer):
+  """Steps from `start` to config.num_steps; returns (state, its step)."""
   config = exp.config
+  if start >= config.num_steps:
+    checkpointing.status(f"the run is at step {start}, num_steps is {config.num_steps}: "
+                         "nothing to train")
+    return state, start
   examples_per_step = config.batch_size
   bar = tqdm(total=config.num_steps, initial=start, disable=not config.progress_bar,
              dynamic_ncols=True, desc="train")
@@ -188,11 +228,13 @@ def _train_loop(exp, state, start, manager, writer):
   def record(step, metrics):
     """Host side of step `step`: NaN check, then JSONL/TensorBoard/progress bar."""
     host = jax.device_get(metrics)
-    if not (np.isfinite(host["loss"]) and np.isfinite(host["grad_norm"])):
-      last = manager.latest_step()
+    bad = [k for k in ("loss", "grad_norm", "param_norm") if not np.isfinite(host[k])]
+    if bad:
+      checkpointing.wait(manager)   # a save in flight is a good checkpoint: let it finish
+      last = checkpointing.complete_steps(manager)
       raise NonFiniteLoss(
-          f"loss is {host['loss']} (grad norm {host['grad_norm']}) at step {step}; stopping. " +
-          (f"The last good checkpoint is step {last}." if last is not None
+          f"{', '.join(f'{k} is {host[k]}' for k in bad)} at step {step}; stopping. " +
+          (f"The last good checkpoint is step {last[-1]}." if last
            else "No checkpoint was written before it."))
     now = time.perf_counter()
     if clock["time"] is None:  # the first step includes compilation; rates start after it
@@ -207,9 +249,9 @@ def _train_loop(exp, state, start, manager, writer):
       clock.update(step=step, time=now)
 
   pending = None  # metrics are fetched one step late so dispatch never waits on the host
-  with _PreemptionCheck() as preempted:
+  with _StopRequests() as stops:
     for step in range(start, config.num_steps):
-      state, metrics = exp.train_step(state)
+      state, metrics = exp.train_step(state, exp.train_data)
       done = step + 1
       if pending is not None:
         record(*pending)
@@ -217,39 +259,45 @@ def _train_loop(exp, state, start, manager, writer):
       bar.update(1)
       if done % config.eval_every_steps == 0:
         writer.write(done, "eval", jax.device_get(
-            exp.eval_step(state.params, state.model_state, state.step)))
-      stop = preempted(done)
+            exp.eval_step(state.params, state.model_state, exp.eval_data, state.step)))
+      stop = stops(done)
       if done % config.checkpoint.every_steps == 0 or done == config.num_steps or stop:
-        record(*pending)  # a checkpoint is written only after its step's loss is known finite
+        record(*pending)  # a checkpoint is written only after its step's metrics are finite
         pending = None
         checkpointing.save(manager, done, state)
       if stop:
         bar.close()
-        raise Preempted(done)
+        checkpointing.wait(manager)
+        name = signal.Signals(stops.signum).name
+        raise Stopped(f"{name}: saved a checkpoint at step {done}; rerun the same command to "
+                      "resume", stops.signum)
   if pending is not None:
     record(*pending)
   bar.close()
-  return state
+  return state, config.num_steps
 
 
 def evaluate_checkpoint(config, workdir: str):
-  """Runs the task's evaluator on the newest checkpoint in workdir."""
+  """Runs the task's evaluator on the newest readable checkpoint in workdir. It reads the
+  checkpoints and writes only WORKDIR/eval/: never renames, deletes or saves a checkpoint."""
+  validate(config)
+  checkpoint_dir = checkpointing.directory(config, workdir)
+  workdir_lib.check_for_eval(workdir, checkpoint_dir)
+  workdir_lib.check_config(workdir, config, training=False)
   exp = setup(config)
   with exp.activate():
-    manager = checkpointing.make_manager(checkpointing.directory(config, workdir),
-                                         config.checkpoint.keep)
+    manager = checkpointing.make_manager(checkpoint_dir, config.checkpoint.keep, read_only=True)
     try:
-      state, step = checkpointing.restore_newest(manager, exp.abstract_state)
+      state, step = checkpointing.restore_newest(manager, exp.abstract_state, set_aside=False)
     finally:
       manager.close()
-    validation.require(step is not None, "--workdir",
-                       f"no checkpoint found in {manager.directory}")
+    validation.require(step is not None, "--workdir", f"no checkpoint in {checkpoint_dir}")
     return evaluate(exp, state, workdir, step)
 
 
 def train_step_flops(exp: Experiment) -> float:
   """FLOPs of one compiled train step (data sampling included), as counted by XLA."""
-  cost = exp.train_step.lower(exp.abstract_state).compile().cost_analysis()
+  cost = exp.train_step.lower(exp.abstract_state, exp.train_data).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost.get("flops", float("nan")))
 

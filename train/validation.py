@@ -4,17 +4,12 @@ Each failure raises ConfigError with one line naming the key and what is wrong; 
 it and exits with status 2.
 """
 import math
-import os
-import tempfile
 
 import jax
 
 from substrax.models import attention, transformer
 from substrax.models.sharding import MESH_AXES
-
-
-class ConfigError(ValueError):
-  """A bad config value or input, described in one line."""
+from substrax.train.errors import ConfigError
 
 
 def require(ok: bool, key: str, message: str):
@@ -22,27 +17,23 @@ def require(ok: bool, key: str, message: str):
     raise ConfigError(f"{key}: {message}")
 
 
-def resolve_mesh_shape(mesh_shape, n_devices: int, key: str = "mesh_shape") -> tuple[int, ...]:
-  """Fills in the one -1 entry of `mesh_shape` and checks it covers exactly `n_devices`."""
-  shape = tuple(int(s) for s in mesh_shape)
-  require(len(shape) == len(MESH_AXES), key,
-          f"needs {len(MESH_AXES)} entries for axes {MESH_AXES}, got {shape}")
-  require(shape.count(-1) <= 1, key, f"at most one entry may be -1, got {shape}")
-  require(all(s > 0 or s == -1 for s in shape), key,
-          f"entries must be positive or -1, got {shape}")
-  known = math.prod(s for s in shape if s != -1)
-  if -1 in shape:
-    require(n_devices % known == 0, key,
-            f"{shape} does not divide the {n_devices} available devices")
-    shape = tuple(n_devices // known if s == -1 else s for s in shape)
-  require(math.prod(shape) == n_devices, key,
-          f"{shape} uses {math.prod(shape)} devices but {n_devices} are available")
-  return shape
+def _floats(node, key=""):
+  """(dotted key, value) for every float in a config, through nested blocks, lists, tuples."""
+  if isinstance(node, float):
+    yield key, node
+  elif hasattr(node, "items"):
+    for k, v in node.items():
+      yield from _floats(v, f"{key}.{k}" if key else k)
+  elif isinstance(node, (list, tuple)):
+    for i, v in enumerate(node):
+      yield from _floats(v, f"{key}[{i}]")
 
 
-def check_trainer(config, mesh_shape, n_devices: int):
-  """Checks the fields every experiment shares (see configs/common.py); `mesh_shape` is the
-  requested one (train.mesh.mesh_shape), -1 allowed."""
+def check_trainer(config):
+  """Checks the fields every experiment shares (see configs/common.py). The mesh fields are
+  checked where the mesh is built (train/mesh.py)."""
+  for key, value in _floats(config):
+    require(math.isfinite(value), key, f"must be finite, got {value}")
   require(config.num_steps > 0, "num_steps", f"must be positive, got {config.num_steps}")
   require(config.batch_size > 0, "batch_size", f"must be positive, got {config.batch_size}")
   o = config.optim
@@ -64,13 +55,6 @@ def check_trainer(config, mesh_shape, n_devices: int):
     for t in targets:
       require(t is None or t in MESH_AXES, f"logical_axis_rules[{i}]",
               f"maps {rule[0]!r} to unknown mesh axis {t!r}; mesh axes are {MESH_AXES}")
-  key = "mesh_shape" if config.mesh_shape is not None else f"parallelism={config.parallelism}"
-  shape = resolve_mesh_shape(mesh_shape, n_devices, key)
-  data_shards = shape[0] * shape[1]
-  require(config.batch_size % data_shards == 0, "batch_size",
-          f"{config.batch_size} does not divide across {data_shards} data shards "
-          f"(mesh data x fsdp = {shape[0]} x {shape[1]})")
-  return shape
 
 
 DTYPES = ("float32", "bfloat16")
@@ -100,16 +84,6 @@ def check_attention(a, key: str = "model.attention"):
   for name in ("window", "num_features", "low_rank"):
     require(a[name] > 0, f"{key}.{name}", f"must be positive, got {a[name]}")
   require(a.redraw_every >= 0, f"{key}.redraw_every", f"must be >= 0, got {a.redraw_every}")
-
-
-def check_workdir(workdir: str):
-  require(bool(workdir), "--workdir", "is required")
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=workdir):
-      pass
-  except OSError as e:
-    raise ConfigError(f"--workdir: {workdir!r} is not writable ({e.strerror})") from None
 
 
 def check_shardable(shapes, shardings, mesh):

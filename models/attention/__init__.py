@@ -27,7 +27,6 @@ SUPPORTED_IMPLS = {
     "lsa": ("auto", "xla"),
 }
 KINDS = tuple(SUPPORTED_IMPLS)
-IMPLS = ("auto", "xla", "cudnn", "pallas")
 FEATURE_MAPS = {"linear": elu_features, "cosformer": cosformer_features}
 
 

@@ -15,7 +15,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from substrax.models.attention.softmax import MASKED
+from substrax.models.kernels.reference import MASKED
 
 
 def grid_shape(length):

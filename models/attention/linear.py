@@ -13,9 +13,8 @@ import jax
 import jax.numpy as jnp
 
 from substrax.models import kernels
+from substrax.models.kernels.linear import CHUNK
 from substrax.models.kernels.reference import LINEAR_EPS
-
-CHUNK = 64  # chunk length of the XLA form: quadratic inside a chunk, a carried state between
 
 
 def elu_features(x):

@@ -12,7 +12,7 @@ O(L * chunk + L / chunk * r * d), never one projection per token.
 import jax
 import jax.numpy as jnp
 
-CHUNK = 64
+from substrax.models.kernels.linear import CHUNK
 
 
 def _causal(q, k, v, e, f, chunk):

@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 
 from substrax.models.attention.combiner import grid_shape
-from substrax.models.attention.softmax import MASKED, allowed_keys
-from substrax.models.kernels.reference import LINEAR_EPS
+from substrax.models.attention.softmax import allowed_keys
+from substrax.models.kernels.reference import LINEAR_EPS, MASKED, masked_softmax
 
 
 def _f32(*ts):
@@ -19,7 +19,7 @@ def softmax(q, k, v, *, causal, mask=None, segment_ids=None, window=None):
   q, k, v = _f32(q, k, v)
   ok = allowed_keys(q.shape[1], causal=causal, mask=mask, segment_ids=segment_ids, window=window)
   s = jnp.einsum("bqhd,bkhd->bhqk", q, k) * q.shape[-1] ** -0.5
-  return jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(jnp.where(ok, s, MASKED), -1), v)
+  return jnp.einsum("bhqk,bkhd->bqhd", masked_softmax(s, ok), v)
 
 
 def local(q, k, v, *, window, causal, mask=None):

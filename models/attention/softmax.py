@@ -7,9 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from substrax.models import kernels
-
-# Finite, so that a row with every key masked gives a uniform (not NaN) distribution.
-MASKED = -1e30
+from substrax.models.kernels.reference import masked_softmax
 
 
 def allowed_keys(length, *, causal, mask=None, segment_ids=None, window=None):
@@ -31,8 +29,8 @@ def allowed_keys(length, *, causal, mask=None, segment_ids=None, window=None):
 
 def dense_softmax(q, k, v, allowed):
   """softmax(q k^T / sqrt(d)) v over the allowed keys; the softmax runs in float32."""
-  s = jnp.einsum("bqhd,bkhd->bhqk", q * (q.shape[-1] ** -0.5), k).astype(jnp.float32)
-  p = jax.nn.softmax(jnp.where(allowed, s, MASKED), axis=-1).astype(v.dtype)
+  s = jnp.einsum("bqhd,bkhd->bhqk", q * (q.shape[-1] ** -0.5), k)
+  p = masked_softmax(s, allowed).astype(v.dtype)
   return jnp.einsum("bhqk,bkhd->bqhd", p, v)
 
 
@@ -100,8 +98,8 @@ def _blocked_local(q, k, v, *, window, causal, mask):
   if causal:
     ok &= rel >= 0
   ok = ok[None, :, None] & mc[:, :, None, None, :]                    # [b, n, 1, w, |o|*w]
-  s = jnp.einsum("bnqhd,bnkhd->bnhqk", blocks(q) * d ** -0.5, kc).astype(jnp.float32)
-  p = jax.nn.softmax(jnp.where(ok, s, MASKED), axis=-1).astype(v.dtype)
+  s = jnp.einsum("bnqhd,bnkhd->bnhqk", blocks(q) * d ** -0.5, kc)
+  p = masked_softmax(s, ok).astype(v.dtype)
   out = jnp.einsum("bnhqk,bnkhd->bnqhd", p, vc).reshape(b, n * w, h, d)
   return out[:, :length]
 

@@ -67,14 +67,18 @@ def _dot_nt(a, b):
                              precision=jax.lax.Precision.HIGHEST)
 
 
-def _allowed(st, q_pos, k_pos, q_seg, k_seg):
-  """Boolean mask from broadcastable query/key positions and segment ids (None: no segments)."""
+def _mask(st, s, q_start, k_start, q_seg, k_seg, q_axis=0):
+  """Scores block s with MASK_VALUE wherever the key is padding, after the query (causal) or
+  in another segment. s is [queries, keys] (q_axis=0) or its transpose (q_axis=1); the
+  segment ids broadcast against it (None: no segments)."""
+  q_pos = q_start + jax.lax.broadcasted_iota(jnp.int32, s.shape, q_axis)
+  k_pos = k_start + jax.lax.broadcasted_iota(jnp.int32, s.shape, 1 - q_axis)
   ok = k_pos < st.length
   if st.causal:
     ok = ok & (q_pos >= k_pos)
   if q_seg is not None:
     ok = ok & (q_seg == k_seg)
-  return ok
+  return jnp.where(ok, s, MASK_VALUE)
 
 
 def _key_loop_bounds(st, i, has_segments):
@@ -127,10 +131,7 @@ def _fwd_kernel(*refs, st, has_segments):
     v = v_ref[pl.ds(start, bk), :]
     s = _dot_nt(q, k) * st.sm_scale
     if masked:
-      q_pos = i * bq + jax.lax.broadcasted_iota(jnp.int32, (bq, bk), 0)
-      k_pos = start + jax.lax.broadcasted_iota(jnp.int32, (bq, bk), 1)
-      k_seg = None if kseg_ref is None else kseg_ref[j]  # (1, bk)
-      s = jnp.where(_allowed(st, q_pos, k_pos, q_seg, k_seg), s, MASK_VALUE)
+      s = _mask(st, s, i * bq, start, q_seg, None if kseg_ref is None else kseg_ref[j])
     m_new = jnp.maximum(m, jnp.max(s, axis=1, keepdims=True))
     p = jnp.exp(s - m_new)
     alpha = jnp.exp(m - m_new)
@@ -163,10 +164,7 @@ def _dq_kernel(*refs, st, has_segments):
     v = v_ref[pl.ds(start, bk), :]
     s = _dot_nt(q, k) * st.sm_scale
     if masked:
-      q_pos = i * bq + jax.lax.broadcasted_iota(jnp.int32, (bq, bk), 0)
-      k_pos = start + jax.lax.broadcasted_iota(jnp.int32, (bq, bk), 1)
-      k_seg = None if kseg_ref is None else kseg_ref[j]
-      s = jnp.where(_allowed(st, q_pos, k_pos, q_seg, k_seg), s, MASK_VALUE)
+      s = _mask(st, s, i * bq, start, q_seg, None if kseg_ref is None else kseg_ref[j])
     p = jnp.exp(s - lse)
     ds = p * (_dot_nt(do, v) - delta)
     return dq + _dot(ds.astype(k.dtype), k)
@@ -195,10 +193,8 @@ def _dkdv_kernel(*refs, st, has_segments):
     do = do_ref[pl.ds(start, bq), :]
     s_t = _dot_nt(k, q) * st.sm_scale
     if masked:
-      k_pos = j * bk + jax.lax.broadcasted_iota(jnp.int32, (bk, bq), 0)
-      q_pos = start + jax.lax.broadcasted_iota(jnp.int32, (bk, bq), 1)
-      q_seg = None if qseg_ref is None else qseg_ref[i]  # (1, bq)
-      s_t = jnp.where(_allowed(st, q_pos, k_pos, q_seg, k_seg), s_t, MASK_VALUE)
+      s_t = _mask(st, s_t, start, j * bk, None if qseg_ref is None else qseg_ref[i], k_seg,
+                  q_axis=1)
     p_t = jnp.exp(s_t - lse_ref[i])
     dv = dv + _dot(p_t.astype(do.dtype), do)
     ds_t = p_t * (_dot_nt(v, do) - delta_ref[i])

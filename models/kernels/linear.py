@@ -30,7 +30,9 @@ from substrax.models.kernels.backend import (MIN_DIM, compiler_params, next_pow2
                                               resolve_interpret)
 from substrax.models.kernels.reference import LINEAR_EPS
 
-_DEFAULT_CHUNK = 64
+# Tokens per chunk, here and in the XLA chunked forms (models/attention): quadratic inside a
+# chunk, a carried state between.
+CHUNK = 64
 
 
 def _dot(a, b, *, ta=False, tb=False):
@@ -210,7 +212,7 @@ _linear.defvjp(_linear_fwd, _linear_bwd)
 
 def default_chunk_size(length):
   """64 tokens, or the sequence rounded up to a power of two (at least 16) when it is shorter."""
-  return min(_DEFAULT_CHUNK, max(MIN_DIM, next_pow2(length)))
+  return min(CHUNK, max(MIN_DIM, next_pow2(length)))
 
 
 def linear_attention(q, k, v, *, causal=True, chunk_size=None, interpret=None):

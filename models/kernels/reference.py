@@ -1,6 +1,7 @@
 """Plain jax.numpy definitions of the two kernels: what the Pallas versions must reproduce.
 
 Layout [batch, length, heads, head_dim]. Both compute in float32 and return the input dtype.
+The masked softmax here is also the one every XLA attention form uses (models/attention).
 """
 import jax
 import jax.numpy as jnp
@@ -8,6 +9,13 @@ import jax.numpy as jnp
 # Added to the linear-attention normaliser so that a query whose features are all zero (or a
 # padded query) yields 0 instead of 0/0. Shared by every implementation.
 LINEAR_EPS = 1e-6
+# Finite, so that a row with every key masked gives a uniform (not NaN) distribution.
+MASKED = -1e30
+
+
+def masked_softmax(logits, allowed):
+  """Softmax over the last axis, in float32, of the logits where `allowed` (broadcast) holds."""
+  return jax.nn.softmax(jnp.where(allowed, logits.astype(jnp.float32), MASKED), axis=-1)
 
 
 def flash_attention(q, k, v, *, causal=False, sm_scale=None, segment_ids=None):
@@ -21,8 +29,7 @@ def flash_attention(q, k, v, *, causal=False, sm_scale=None, segment_ids=None):
     allowed = allowed & jnp.tril(jnp.ones((length, length), bool))
   if segment_ids is not None:
     allowed = allowed & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
-  s = jnp.where(allowed, s, -jnp.inf)
-  p = jax.nn.softmax(s, axis=-1)
+  p = masked_softmax(s, allowed)
   return jnp.einsum("bhqk,bkhd->bqhd", p, v.astype(jnp.float32)).astype(q.dtype)
 
 

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import flax.linen as nn
 
-from substrax.train.validation import ConfigError
+from substrax.train.errors import ConfigError
 
 REGISTRY = {"icl": "substrax.train.tasks.icl", "lra": "substrax.train.tasks.lra",
             "video": "substrax.train.tasks.video", "mesa": "substrax.train.tasks.mesa"}
@@ -16,13 +16,19 @@ REGISTRY = {"icl": "substrax.train.tasks.icl", "lra": "substrax.train.tasks.lra"
 
 @dataclasses.dataclass(frozen=True)
 class Task:
+  """What a task gives the trainer. Data enters the jitted functions only as arguments:
+  `train_data` and `eval_data` are pytrees of arrays (numpy or jax, {} when the data is drawn
+  procedurally) that the trainer places on the mesh once and passes to every call, so the
+  compiled step never embeds a dataset as a constant."""
   model: nn.Module
   init_inputs: tuple           # example inputs for model.init (shapes matter, values do not)
-  sample_batch: Callable       # (key, step) -> global batch, jittable
+  train_data: Any              # arrays sample_batch draws from
+  sample_batch: Callable       # (train_data, key, step) -> global batch, jittable
   batch_axes: Any              # logical axis names per batch leaf, e.g. ("batch", None, None)
   # model_state: the model's non-param collections ({} for most models), kept in TrainState.
   loss_fn: Callable            # (params, model_state, batch, step) -> (loss, (aux, model_state))
-  eval_step: Callable          # (params, model_state, step) -> metrics on a fixed held-out batch
+  eval_data: Any               # the fixed held-out arrays eval_step scores
+  eval_step: Callable          # (params, model_state, eval_data, step) -> held-out metrics
   evaluate: Callable           # (params, model_state, workdir, step) -> summary; writes
                                # eval/*.json and *.png
 

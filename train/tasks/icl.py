@@ -1,5 +1,5 @@
 """In-context regression: prompts from substrax.data.icl, the ICL transformer or LSA, Garg-style
-error curves against the algorithm baselines, and the claims of train/icl_claims.py."""
+error curves against the algorithm baselines, and the claims of train/analysis/icl_claims.py."""
 import functools
 import os
 
@@ -10,9 +10,10 @@ import numpy as np
 from jax import lax
 
 from substrax.data import icl as icl_data
-from substrax.models import attention, baselines
+from substrax.models import attention, baselines, transformer
 from substrax.models import icl as icl_models
-from substrax.train import icl_claims, mesh as mesh_lib, reporting
+from substrax.train import mesh as mesh_lib
+from substrax.train.analysis import icl_claims, reporting
 from substrax.train.tasks import Task
 from substrax.train.validation import check_backbone, require
 
@@ -99,9 +100,9 @@ def make_model(config):
     return icl_models.LSA(n_dims=config.data.n_dims, num_layers=m.lsa.num_layers,
                           init_scale=m.lsa.init_scale)
   return icl_models.ICLTransformer(
-      n_points=config.data.n_points, width=m.width, depth=m.depth, num_heads=m.num_heads,
-      mlp_ratio=m.mlp_ratio, norm=m.norm, attention=attention.layer_kwargs(m.attention),
-      encoding=m.encoding, head=m.head, positions=m.positions, dtype=jnp.dtype(m.dtype))
+      n_points=config.data.n_points, width=m.width, depth=m.depth,
+      block=transformer.block_config(m), encoding=m.encoding, head=m.head,
+      positions=m.positions)
 
 
 def pointwise_loss(spec: icl_data.Spec, preds, ys):
@@ -124,7 +125,8 @@ def build(config) -> Task:
   e = config.eval
   n, d = spec.n_points, spec.n_dims
 
-  def sample_batch(key, step):
+  def sample_batch(data, key, step):
+    del data  # prompts are drawn afresh from the key
     dims, points = icl_data.curriculum(spec, step)
     prompts = icl_data.sample(spec, key, config.batch_size, dims)
     batch = {"xs": prompts["xs"], "ys": prompts["ys"]}   # not the mixture's family id etc.
@@ -159,12 +161,13 @@ def build(config) -> Task:
     return jnp.sum(pointwise_loss(spec, preds, batch["ys"]) * w) / jnp.sum(w), ({}, model_state)
 
   eval_prompts = icl_data.sample(spec, jax.random.key(e.seed), min(e.num_prompts, 512))
+  eval_prompts = {"xs": eval_prompts["xs"], "ys": eval_prompts["ys"]}
 
-  def eval_step(params, model_state, step):
+  def eval_step(params, model_state, prompts, step):
     del model_state  # stateless model
-    preds = predict(params, step, eval_prompts["xs"], eval_prompts["ys"])
-    err = pointwise_error(spec, preds, eval_prompts["ys"]).mean(0)
-    return {"loss": pointwise_loss(spec, preds, eval_prompts["ys"]).mean(),
+    preds = predict(params, step, prompts["xs"], prompts["ys"])
+    err = pointwise_error(spec, preds, prompts["ys"]).mean(0)
+    return {"loss": pointwise_loss(spec, preds, prompts["ys"]).mean(),
             f"error_k{n - 1}": err[-1], f"error_k{d}": err[min(d, n - 1)]}
 
   def errors_of(predict):
@@ -214,10 +217,10 @@ def build(config) -> Task:
         key=jax.random.fold_in(jax.random.key(e.seed), 1), workdir=workdir, step=step)
     return payload
 
-  return Task(model=model, init_inputs=init_inputs, sample_batch=sample_batch,
+  return Task(model=model, init_inputs=init_inputs, train_data={}, sample_batch=sample_batch,
               batch_axes={"xs": ("batch", None, None), "ys": ("batch", None),
                           "weights": ("batch", None)},
-              loss_fn=loss_fn, eval_step=eval_step, evaluate=evaluate)
+              loss_fn=loss_fn, eval_data=eval_prompts, eval_step=eval_step, evaluate=evaluate)
 
 
 def evaluate_prompts(config, spec, error_fns, workdir, step):

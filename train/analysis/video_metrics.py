@@ -2,7 +2,7 @@
 
 Frames are [B, T, H, W, C] or [B, H, W, C] in [0, 1]; every per-frame metric returns one value
 per frame, shape frames.shape[:-3], so callers choose how to average. Definitions follow
-notes/fluidworld.md §5.4; the FluidWorld paper's own (buggy or non-standard) variants are kept
+docs/fluidworld.md §4; the FluidWorld paper's own (buggy or non-standard) variants are kept
 under `paper_*` / `box3` names so its numbers can be reproduced next to the correct ones.
 """
 import functools
@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot, as in reporting.py
 
-from substrax.train.reporting import bootstrap_mean
+from substrax.train.analysis.reporting import bootstrap_mean
 
 SSIM_VARIANTS = ("gaussian", "uniform7", "box3")
 # Floor on the per-frame MSE inside PSNR, so a perfect frame scores 100 dB rather than inf.

@@ -3,7 +3,7 @@
 At the token x_{k+1} (index 2k) the model has seen k pairs and must predict y_{k+1}. We probe the
 hidden state there, at every layer, for quantities an algorithm would hold after those k pairs:
 the task vector w, the moments X^T y and X^T X, least squares and one GD step. A probe's R^2 only
-means something next to controls (notes/icl.md C10): the same probe on an untrained model's
+means something next to controls (docs/icl-probes.md): the same probe on an untrained model's
 states, and on targets shuffled across training prompts. `gap` is the real R^2 minus the best
 control.
 

@@ -1,0 +1,51 @@
+"""The ways a run ends by design. Each is one line on stderr and an exit status (train/main.py);
+any other exception is a bug and keeps its traceback.
+
+  0    done
+  1    NonFiniteLoss: the loss, gradient or parameters became NaN/Inf
+  2    ConfigError: a bad config value, flag, file or directory (also substrax.data.DataError)
+  74   StorageError: a checkpoint, metric or evaluation output could not be written
+  130  SIGINT, 143 SIGTERM (Stopped): the newest checkpoint is named in the message
+"""
+import errno
+import os
+import re
+
+
+class ConfigError(ValueError):
+  """A bad config value or input, described in one line."""
+
+
+class NonFiniteLoss(FloatingPointError):
+  """A NaN/Inf loss, gradient norm or parameter norm; no checkpoint was written after the last
+  finite step."""
+
+
+class StorageError(Exception):
+  """Writing to the run directory or the checkpoint directory failed (disk full, read-only,
+  permissions). Earlier checkpoints are left as they were."""
+
+
+class Stopped(Exception):
+  """SIGINT or SIGTERM ended the run; `exit_status` is 128 + the signal number."""
+
+  def __init__(self, message: str, signum: int):
+    super().__init__(message)
+    self.exit_status = 128 + signum
+
+
+# Errnos that mean the storage, not the program, is at fault.
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EIO,
+                  errno.EFBIG}
+
+
+def reason(e: BaseException) -> str:
+  """A short cause for a one-line message. Orbax and TensorStore wrap OS errors in long
+  messages that end in `[os_error_code='28']`; that becomes 'No space left on device'."""
+  if isinstance(e, OSError) and e.strerror:
+    return e.strerror
+  code = re.search(r"os_error_code='(\d+)'", str(e))
+  if code:
+    return os.strerror(int(code.group(1)))
+  lines = str(e).strip().splitlines()
+  return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
