@@ -13,7 +13,7 @@ install:
 # Trains the in-context linear-regression transformer (d=5) on the CPU, then writes
 # runs/demo/eval/icl_linear.{json,png}: the model against least squares, ridge, GD, k-NN, averaging.
 demo: install
-	$(BIN)/substrax-train --config=configs/icl_linear.py:cpu --workdir=runs/demo
+	$(BIN)/substrax-train --config=icl_linear:cpu --workdir=runs/demo
 	@echo "plot: runs/demo/eval/icl_linear.png   numbers: runs/demo/eval/icl_linear.json"
 
 # Two workers: most tests are bound by single-threaded XLA compiles, so they overlap well.

@@ -59,7 +59,10 @@ def test_every_baseline_predicts_zero_without_context_and_uses_only_the_prefix(p
 def test_ridge_and_lasso_approach_least_squares_as_regularisation_vanishes(prompts):
   xs, ys = prompts[0][:256], prompts[1][:256]
   ls = baselines.least_squares(xs, ys)
-  np.testing.assert_allclose(baselines.ridge(xs, ys, 1e-6)[:, D + 1:], ls[:, D + 1:], atol=1e-3)
+  # float32 solves of the barely determined prefixes agree to about 1e-3 relative; the exact
+  # rounding depends on the compiled code (measured 2.3e-4 at LLVM -O0, see conftest.py).
+  np.testing.assert_allclose(baselines.ridge(xs, ys, 1e-6)[:, D + 1:], ls[:, D + 1:],
+                             rtol=1e-3, atol=1e-3)
   np.testing.assert_allclose(baselines.lasso(xs, ys, 1e-6, iters=3000)[:, D + 2:],
                              ls[:, D + 2:], atol=2e-2)
 

@@ -190,6 +190,33 @@ def test_no_readable_checkpoint_never_restarts_the_run(run_dir):
   assert steps(run_dir) == metrics
 
 
+def test_empty_ocdbt_manifest_is_one_warning(run_dir):
+  open(os.path.join(run_dir, "checkpoints", "20", "state", "manifest.ocdbt"), "w").close()
+  run = cli("substrax-train", *MESA, "--config.num_steps=25", f"--workdir={run_dir}")
+  assert run.returncode == 0, run.stderr
+  warning, resuming, dropped = lines(run)
+  assert "checkpoints/20 is unreadable" in warning and "renamed 20.unreadable" in warning
+  assert "resuming from the checkpoint at step 10" in resuming
+  assert "dropped 11 record(s)" in dropped   # train 11-20 and eval 20
+  assert steps(run_dir) == list(range(1, 26))
+
+
+def test_unreadable_or_missing_config_json(run_dir):
+  path = os.path.join(run_dir, "config.json")
+  recorded = open(path).read()
+  with open(path, "w") as f:
+    f.write("{")
+  before = snapshot(run_dir)
+  one_line(cli("substrax-train", *MESA, f"--workdir={run_dir}"), 2, "config.json is unreadable")
+  assert snapshot(run_dir) == before
+  os.remove(path)
+  run = cli("substrax-train", *MESA, "--config.num_steps=25", f"--workdir={run_dir}")
+  assert run.returncode == 0, run.stderr
+  assert "config.json was missing; it is written from this config" in lines(run)[1]
+  assert json.load(open(path))["num_steps"] == 25
+  assert json.loads(recorded)["num_steps"] == 20
+
+
 def test_eval_never_creates_a_workdir(tmp_path):
   missing = str(tmp_path / "missing")
   one_line(cli("substrax-eval", *MESA, f"--workdir={missing}"), 2, "does not exist")
@@ -256,6 +283,19 @@ def test_sigint_saves_and_exits_130_and_a_second_sigint_stops_at_once(tmp_path):
   assert proc.returncode == 130, err
   assert err.strip().splitlines()[-1].startswith("SIGINT")
   assert "Traceback" not in err
+
+
+def test_signals_before_the_first_step_are_one_line(tmp_path):
+  workdir = str(tmp_path / "run")
+  proc = spawn("substrax-train", *LONG, f"--workdir={workdir}")
+  # The lock is taken before the task is built and the step compiled.
+  wait_for(lambda: os.path.exists(os.path.join(workdir, "lock")), proc)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 143, err
+  assert err.strip() == ("SIGTERM: stopped outside a training step; nothing unsaved was lost, "
+                         "rerun the same command to continue")
+  assert not os.path.exists(os.path.join(workdir, "lock"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -398,6 +438,8 @@ BAD_INPUTS = [
      "data.image_size"),
     (["substrax-train", "--config=lra_listops:tiny", "--config.data.max_length=2"],
      "data.max_length"),
+    (["substrax-train", "--config=icl_linear:tiny", "--bogus=1"], "Unknown command line flag"),
+    (["substrax-train"], "--config: is required"),
 ]
 
 
@@ -417,3 +459,31 @@ def test_paths_that_are_files_are_one_line(tmp_path):
   one_line(cli("substrax-train", *MESA, f"--workdir={a_file}"), 2, "--workdir", "is a file")
   one_line(cli("substrax-inspect", "--config=lra_listops:tiny",
                f"--config.data.cache_dir={a_file}"), 2, "data.cache_dir")
+
+
+def test_truncated_cache_is_rebuilt_with_one_warning(tmp_path):
+  cache = str(tmp_path / "cache")
+  args = ["--config=lra_listops:tiny", f"--config.data.cache_dir={cache}", "--json"]
+  first = cli("substrax-inspect", *args)
+  assert first.returncode == 0, first.stderr
+  [train] = [f for f in os.listdir(cache) if f.endswith("_train.npz")]
+  with open(os.path.join(cache, train), "r+b") as f:
+    f.truncate(100)
+  again = cli("substrax-inspect", *args)
+  assert again.returncode == 0, again.stderr
+  warning, generated = lines(again)
+  assert warning == (f"substrax: warning: the cache file {cache}/{train} is unreadable "
+                     "(BadZipFile: File is not a zip file); it is rebuilt")
+  assert generated.startswith("listops: generated 384 examples")
+  assert json.loads(again.stdout) == json.loads(first.stdout)
+
+
+def test_half_built_tfds_directory_is_one_line(tfds_dir, tmp_path):
+  data_dir = str(tmp_path / "tfds")
+  shutil.copytree(tfds_dir, data_dir)
+  version = os.path.join(data_dir, "cifar10", "3.0.2")
+  os.remove(next(os.path.join(version, f) for f in os.listdir(version)
+                 if f.startswith("cifar10-train.array_record")))
+  one_line(cli("substrax-inspect", "--config=lra_image:tiny", "--config.data.name=cifar10",
+               f"--config.data.data_dir={data_dir}"), 2,
+           "data error: TFDS dataset 'cifar10'", data_dir, "its files cannot be read")

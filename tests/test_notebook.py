@@ -5,7 +5,7 @@ import jupytext
 import nbformat
 from nbclient import NotebookClient
 
-from conftest import REPO
+from conftest import REPO, cli_env
 
 import pytest
 
@@ -21,8 +21,7 @@ def test_ipynb_matches_its_jupytext_pair(path):
 
 
 def execute(path, env, monkeypatch):
-  for key, value in {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-                     "JAX_NUM_CPU_DEVICES": "1"}.items():
+  for key, value in cli_env(1, env).items():
     monkeypatch.setenv(key, value)
   nb = nbformat.read(path, as_version=4)
   NotebookClient(nb, timeout=300, kernel_name="python3",

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ICL_CONFIG, REPO, cli, icl_config
+from conftest import ICL_CONFIG, REPO, cli, cli_env, icl_config
 from substrax.data import DataError
 from substrax.data import tfds as tfds_data
 from substrax.train import trainer
@@ -31,8 +31,7 @@ def free_port() -> int:
 def launch(workdir, *args, processes=2, devices=2):
   """Starts `processes` substrax-train processes of one distributed run."""
   port = free_port()
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             JAX_NUM_CPU_DEVICES=str(devices), JAX_PLATFORMS="cpu")
+  env = cli_env(devices, {"JAX_PLATFORMS": "cpu"})
   return [subprocess.Popen(
       [EXE, f"--config={ICL_CONFIG}:tiny", f"--workdir={workdir}", *args,
        "--config.distributed.enabled=True",
@@ -114,8 +113,7 @@ main.run_train()
 def test_killed_save_and_truncated_checkpoint_fall_back_to_complete_ones(tmp_path):
   workdir, ckpt = str(tmp_path / "run"), str(tmp_path / "run" / "checkpoints")
   args = [f"--config={ICL_CONFIG}:tiny", f"--workdir={workdir}", "--config.num_steps=30"]
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
-             JAX_NUM_CPU_DEVICES="1", KILL_AT="20")
+  env = cli_env(1, {"KILL_AT": "20"})
   killed = subprocess.run([sys.executable, "-c", KILLER, *args], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=240)
   assert killed.returncode == -signal.SIGKILL, killed.stderr

@@ -8,7 +8,7 @@ import time
 import jax
 import numpy as np
 
-from conftest import ICL_CONFIG, REPO, cli, icl_config
+from conftest import ICL_CONFIG, REPO, cli, cli_env, icl_config
 from substrax.train import checkpointing, trainer
 from substrax.train.metrics import read_jsonl
 
@@ -54,8 +54,7 @@ def test_sigterm_then_resume_is_exact(tmp_path):
   args = [f"--config={ICL_CONFIG}:tiny", "--config.num_steps=600",
           "--config.checkpoint.every_steps=200"]
   full, interrupted = str(tmp_path / "full"), str(tmp_path / "interrupted")
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
-             JAX_NUM_CPU_DEVICES="1")
+  env = cli_env(1)
   exe = os.path.join(os.path.dirname(sys.executable), "substrax-train")
   proc = subprocess.Popen([exe, *args, f"--workdir={interrupted}"], env=env, cwd=REPO,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

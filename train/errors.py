@@ -26,8 +26,9 @@ class StorageError(Exception):
   permissions). Earlier checkpoints are left as they were."""
 
 
-class Stopped(Exception):
-  """SIGINT or SIGTERM ended the run; `exit_status` is 128 + the signal number."""
+class Stopped(BaseException):
+  """SIGINT or SIGTERM ended the run; `exit_status` is 128 + the signal number. Like
+  KeyboardInterrupt it is not an Exception, so no `except Exception` on the way swallows it."""
 
   def __init__(self, message: str, signum: int):
     super().__init__(message)

@@ -26,7 +26,8 @@ flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, eval 
 flags.DEFINE_bool("json", False, "substrax-inspect: print JSON instead of a table.")
 flags.DEFINE_bool("verbose", False, "Show tracebacks and library logs on exits by design.")
 
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # substrax's own code
+CONFIGS = os.path.join(PACKAGE, "configs")
 
 
 def named_configs() -> list[str]:
@@ -113,10 +114,19 @@ def _quiet_libraries():
   for logger in ("asyncio", "jax._src.xla_bridge", "tensorboardX"):
     pylogging.getLogger(logger).setLevel(pylogging.CRITICAL)
   pylogging.getLogger("absl").addFilter(lambda r: "/orbax/" not in r.pathname)
-  # Orbax's background save threads print the traceback of a failed write; the failure
-  # reaches the trainer as an exception and is reported there in one line.
-  threading.excepthook = lambda args: None
-  sys.unraisablehook = lambda args: None
+  # Orbax's background threads, and TensorStore's callbacks into asyncio loops that Orbax has
+  # closed, print tracebacks of a failed write; the failure also reaches the trainer as an
+  # exception, reported there in one line. Any traceback through substrax's code still prints.
+  hooks = threading.excepthook, sys.unraisablehook, sys.excepthook
+  threading.excepthook = lambda a: None if _noise(a.exc_traceback) else hooks[0](a)
+  sys.unraisablehook = lambda a: None if _noise(a.exc_traceback) else hooks[1](a)
+  sys.excepthook = lambda t, e, tb: None if _noise(tb) else hooks[2](t, e, tb)
+
+
+def _noise(tb) -> bool:
+  files = [frame.filename for frame in traceback.extract_tb(tb)]
+  ours = [f for f in files if f.startswith(PACKAGE) and "/site-packages/" not in f]
+  return not ours and any("/orbax/" in f or "/asyncio/" in f for f in files)
 
 
 def _sigterm(signum, frame):
