@@ -61,12 +61,23 @@ def cli(name: str, *args, devices: int = 1, timeout: float = 300, env=None):
                         env=cli_env(devices, env), cwd=REPO)
 
 
-def spawn(name: str, *args, devices: int = 1):
-  """Starts a substrax console script in the background (for signals and races)."""
+@pytest.fixture
+def spawn():
+  """Starts substrax console scripts in the background (for signals and races); any still
+  running when the test ends, passed or failed, is killed."""
   import subprocess
-  exe = os.path.join(os.path.dirname(sys.executable), name)
-  return subprocess.Popen([exe, *args], env=cli_env(devices), cwd=REPO, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  procs = []
+
+  def start(name: str, *args, devices: int = 1):
+    exe = os.path.join(os.path.dirname(sys.executable), name)
+    procs.append(subprocess.Popen([exe, *args], env=cli_env(devices), cwd=REPO, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    return procs[-1]
+  yield start
+  for proc in procs:
+    if proc.poll() is None:
+      proc.kill()
+      proc.communicate()
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import cli, spawn
+from conftest import cli
 from substrax.train.metrics import read_jsonl
 
 # The mesa task trains and evaluates in seconds: the cheapest complete run of the trainer.
@@ -236,7 +236,7 @@ def test_eval_without_a_checkpoint_is_one_line(run_dir):
 # One writer per workdir
 
 
-def test_second_trainer_exits_2_naming_the_holder(tmp_path):
+def test_second_trainer_exits_2_naming_the_holder(tmp_path, spawn):
   workdir = str(tmp_path / "run")
   first = spawn("substrax-train", *LONG, f"--workdir={workdir}")
   wait_for(training_started(workdir, 5), first)
@@ -263,7 +263,7 @@ def test_stale_lock_is_taken_over_with_a_warning(run_dir):
 # Signals
 
 
-def test_sigint_saves_and_exits_130_and_a_second_sigint_stops_at_once(tmp_path):
+def test_sigint_saves_and_exits_130_and_a_second_sigint_stops_at_once(tmp_path, spawn):
   workdir = str(tmp_path / "run")
   proc = spawn("substrax-train", *LONG, f"--workdir={workdir}")
   wait_for(training_started(workdir, 5), proc)
@@ -285,7 +285,7 @@ def test_sigint_saves_and_exits_130_and_a_second_sigint_stops_at_once(tmp_path):
   assert "Traceback" not in err
 
 
-def test_signals_before_the_first_step_are_one_line(tmp_path):
+def test_signals_before_the_first_step_are_one_line(tmp_path, spawn):
   workdir = str(tmp_path / "run")
   proc = spawn("substrax-train", *LONG, f"--workdir={workdir}")
   # The lock is taken before the task is built and the step compiled.
@@ -328,7 +328,7 @@ def test_full_disk_during_a_save_stops_with_74_and_keeps_earlier_checkpoints(tmp
     assert json.load(open(os.path.join(workdir, "eval", "mesa.json")))["step"] == 10
 
 
-def test_directory_made_read_only_mid_run_stops_with_74(tmp_path):
+def test_directory_made_read_only_mid_run_stops_with_74(tmp_path, spawn):
   workdir = str(tmp_path / "run")
   with tmpfs(str(tmp_path / "ck"), 4096) as mount:
     proc = spawn("substrax-train", *LONG, "--config.checkpoint.every_steps=20",
@@ -406,7 +406,7 @@ def test_missing_metrics_file_is_recreated_and_the_gap_reported(run_dir):
   assert steps(run_dir) == list(range(21, 26))
 
 
-def test_metrics_file_deleted_mid_run_is_recreated(tmp_path):
+def test_metrics_file_deleted_mid_run_is_recreated(tmp_path, spawn):
   workdir = str(tmp_path / "run")
   proc = spawn("substrax-train", *LONG, f"--workdir={workdir}")
   wait_for(training_started(workdir, 5), proc)
@@ -449,6 +449,13 @@ def test_bad_input_is_one_line_and_exit_2(args, fragment, tmp_path):
   name, *rest = args
   one_line(cli(name, *rest, f"--workdir={tmp_path / 'run'}"), 2, fragment)
   assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_verbose_adds_the_traceback(tmp_path):
+  run = cli("substrax-train", *MESA, "--config.optim.learning_rate=inf", "--verbose",
+            f"--workdir={tmp_path}")
+  assert run.returncode == 2 and "Traceback (most recent call last)" in run.stderr, run.stderr
+  assert lines(run)[-1] == "config error: optim.learning_rate: must be finite, got inf"
 
 
 def test_paths_that_are_files_are_one_line(tmp_path):
