@@ -44,11 +44,10 @@ def _save(path: str, arrays: dict):
       np.savez(f, **arrays)
     os.chmod(tmp, 0o644)   # mkstemp makes it owner-only; a cache may be shared
     os.replace(tmp, path)
-  except OSError as e:   # e.g. the disk filled up
+  except BaseException as e:
     os.unlink(tmp)
-    raise DataError(f"data.cache_dir: cannot write {path} ({one_line(e)})") from e
-  except BaseException:
-    os.unlink(tmp)
+    if isinstance(e, OSError):   # e.g. the disk filled up
+      raise DataError(f"data.cache_dir: cannot write {path} ({one_line(e)})") from e
     raise
 
 

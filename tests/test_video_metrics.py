@@ -91,7 +91,7 @@ def test_effective_rank_and_participation_ratio_see_channel_rank():
 
 
 def test_paper_effective_rank_is_blind_to_channel_rank():
-  """Regression for FluidWorld's bug (notes §1.6: 26,011 vs 25,034 on these shapes)."""
+  """Regression for FluidWorld's bug (docs/fluidworld.md §2: 26,011 vs 25,034 on these shapes)."""
   full, low = gaussian_and_rank8()
   paper_full, paper_low = float(vm.paper_effective_rank(full)), float(vm.paper_effective_rank(low))
   assert 20_000 < paper_low < paper_full < 32_768
