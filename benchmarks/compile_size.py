@@ -44,8 +44,7 @@ def main(argv):
   sizes = [int(n) for n in FLAGS.train_sizes]
   steps = {}
   for n in sizes:
-    config = FLAGS.config
-    config.unlock()
+    config = FLAGS.config.copy_and_resolve_references()
     config.data.sizes = (n, *config.data.sizes[1:])
     exp = trainer.setup(config)
     closed = jax.jit(lambda state, exp=exp: exp.train_step(state, exp.train_data))

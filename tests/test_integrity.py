@@ -40,7 +40,7 @@ def one_line(run, status: int, *fragments: str) -> str:
 
 
 def snapshot(workdir: str) -> tuple:
-  """Every file under the run with its size and contents' mtime, and the training losses."""
+  """Every checkpoint file with its size and mtime, config.json, and the training losses."""
   files = []
   for root, _, names in os.walk(os.path.join(workdir, "checkpoints")):
     for name in names:
@@ -49,7 +49,8 @@ def snapshot(workdir: str) -> tuple:
                     os.path.getmtime(path)))
   losses = [(r["step"], r["loss"]) for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"),
                                                        "train")]
-  return sorted(files), losses
+  config = os.path.join(workdir, "config.json")
+  return sorted(files), losses, open(config).read() if os.path.exists(config) else None
 
 
 def steps(workdir: str, split: str = "train") -> list[int]:
@@ -151,6 +152,23 @@ def test_resume_may_change_length_cadence_and_layout(run_dir):
                         f"{run_dir}/checkpoints"]
   assert steps(run_dir) == list(range(1, 21)) + [25, 30]
   assert json.load(open(os.path.join(run_dir, "config.json")))["num_steps"] == 30
+
+
+def test_checkpoint_directory_moves_only_with_its_checkpoints(run_dir, tmp_path):
+  before = snapshot(run_dir)
+  empty = str(tmp_path / "empty")
+  one_line(cli("substrax-train", *MESA, "--config.num_steps=25",
+               f"--config.checkpoint.directory={empty}", f"--workdir={run_dir}"), 2,
+           f"checkpoint.directory: {empty} holds no checkpoint, and the run's are in "
+           f"{run_dir}/checkpoints")
+  assert snapshot(run_dir) == before
+  moved = str(tmp_path / "moved")
+  shutil.move(os.path.join(run_dir, "checkpoints"), moved)
+  run = cli("substrax-train", *MESA, "--config.num_steps=25",
+            f"--config.checkpoint.directory={moved}", f"--workdir={run_dir}")
+  assert run.returncode == 0, run.stderr
+  assert lines(run) == [f"substrax: resuming from the checkpoint at step 20 in {moved}"]
+  assert steps(run_dir) == list(range(1, 26))
 
 
 def test_checkpoint_of_another_model_is_a_config_error_not_set_aside(run_dir):
@@ -270,32 +288,41 @@ def test_sigint_saves_and_exits_130_and_a_second_sigint_stops_at_once(tmp_path, 
   proc.send_signal(signal.SIGINT)
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 130, err
-  assert err.strip().startswith("SIGINT: saved a checkpoint at step ")
-  saved = int(err.split("at step ")[1].split(";")[0])
+  heard, stopped = err.strip().splitlines()
+  assert heard == ("substrax: SIGINT: saving this step, then stopping (SIGINT again stops at "
+                   "once, without saving)")
+  assert stopped.startswith("SIGINT: saved a checkpoint at step ")
+  saved = int(stopped.split("at step ")[1].split(";")[0])
   assert os.listdir(os.path.join(workdir, "checkpoints")) == [str(saved)]
   assert steps(workdir)[-1] == saved
 
-  proc = spawn("substrax-train", *LONG, f"--workdir={workdir}")
-  wait_for(training_started(workdir, saved + 5), proc)
+  # Steps of about a second: once the first SIGINT is heard, the second comes while the
+  # trainer waits for the step it would save.
+  workdir = str(tmp_path / "slow")
+  proc = spawn("substrax-train", *LONG, "--config.batch_size=131072", f"--workdir={workdir}")
+  wait_for(training_started(workdir, 2), proc)
   proc.send_signal(signal.SIGINT)
+  assert proc.stderr.readline().startswith("substrax: SIGINT: saving this step")
   proc.send_signal(signal.SIGINT)
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 130, err
-  assert err.strip().splitlines()[-1].startswith("SIGINT")
-  assert "Traceback" not in err
+  assert err.strip() == ("SIGINT: stopped without saving; a rerun resumes from the newest "
+                         "checkpoint")
+  assert os.listdir(os.path.join(workdir, "checkpoints")) == []
 
 
 def test_signals_before_the_first_step_are_one_line(tmp_path, spawn):
   workdir = str(tmp_path / "run")
   proc = spawn("substrax-train", *LONG, f"--workdir={workdir}")
-  # The lock is taken before the task is built and the step compiled.
-  wait_for(lambda: os.path.exists(os.path.join(workdir, "lock")), proc)
+  # The lock is taken (its file names the holder) before the task is built and compiled.
+  lock = os.path.join(workdir, "lock")
+  wait_for(lambda: os.path.exists(lock) and os.path.getsize(lock) > 0, proc)
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 143, err
   assert err.strip() == ("SIGTERM: stopped outside a training step; nothing unsaved was lost, "
                          "rerun the same command to continue")
-  assert not os.path.exists(os.path.join(workdir, "lock"))
+  assert not os.path.exists(lock)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,7 +442,10 @@ def test_metrics_file_deleted_mid_run_is_recreated(tmp_path, spawn):
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 143, err
-  assert "deleted or replaced during the run" in err and len(err.strip().splitlines()) == 2
+  deleted, heard, stopped = err.strip().splitlines()
+  assert "deleted or replaced during the run" in deleted
+  assert heard.startswith("substrax: SIGTERM: saving this step")
+  assert stopped.startswith("SIGTERM: saved a checkpoint")
   recorded = steps(workdir)
   assert recorded == list(range(recorded[0], recorded[0] + len(recorded)))
 

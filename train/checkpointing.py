@@ -29,8 +29,10 @@ def status(message: str):
 
 
 def directory(config, workdir: str) -> str:
-  """config.checkpoint.directory (any path Orbax can write: local, gs://...) or WORKDIR/checkpoints."""
-  return config.checkpoint.directory or os.path.abspath(os.path.join(workdir, "checkpoints"))
+  """config.checkpoint.directory (any path Orbax can write: local, gs://...) or
+  WORKDIR/checkpoints; local paths made absolute."""
+  path = config.checkpoint.directory or os.path.join(workdir, "checkpoints")
+  return path if "://" in path else os.path.abspath(path)
 
 
 def make_manager(directory: str, keep: int, read_only: bool = False) -> ocp.CheckpointManager:
@@ -52,17 +54,17 @@ def make_manager(directory: str, keep: int, read_only: bool = False) -> ocp.Chec
       item_handlers={"state": ocp.StandardCheckpointHandler()})
 
 
-def complete_steps(manager) -> list[int]:
+def complete_steps(directory) -> list[int]:
   """Steps whose save finished, read from the directory itself (Orbax renames a checkpoint to
   its bare step number only once every file of it is written)."""
-  path = epath.Path(manager.directory)
+  path = epath.Path(directory)
   return sorted(int(p.name) for p in path.iterdir() if p.name.isdigit()) if path.is_dir() else []
 
 
 def _save_failed(manager, e: Exception) -> StorageError:
   return StorageError(
       f"saving a checkpoint in {manager.directory} failed ({reason(e)}); the checkpoints there "
-      f"at steps {complete_steps(manager) or 'none'} are intact")
+      f"at steps {complete_steps(manager.directory) or 'none'} are intact")
 
 
 def save(manager: ocp.CheckpointManager, step: int, state) -> None:
@@ -143,8 +145,17 @@ def restore_newest(manager: ocp.CheckpointManager, abstract_state, set_aside: bo
   return None, None
 
 
+# Failures of the machine or the storage, not of a checkpoint's contents: the checkpoint is
+# left as it is and the run stops (exit 74) instead of setting a good checkpoint aside.
+NOT_THE_CHECKPOINT = ("RESOURCE_EXHAUSTED", "Out of memory", "PERMISSION_DENIED", "UNAVAILABLE",
+                      "DEADLINE_EXCEEDED", "UNAUTHENTICATED", "Permission denied")
+
+
 def _unreadable(manager, path: epath.Path, e: Exception, set_aside: bool) -> bool:
   """Warns, and renames the checkpoint if `set_aside`; returns whether it was renamed."""
+  if isinstance(e, PermissionError) or any(s in str(e) for s in NOT_THE_CHECKPOINT):
+    raise StorageError(f"reading the checkpoint {path} failed ({reason(e)}); it is left as it "
+                       "is") from e
   if not set_aside:
     status(f"warning: the checkpoint {path} is unreadable ({reason(e)}); an older one is tried")
     return False

@@ -4,12 +4,18 @@ any other exception is a bug and keeps its traceback.
   0    done
   1    NonFiniteLoss: the loss, gradient or parameters became NaN/Inf
   2    ConfigError: a bad config value, flag, file or directory (also substrax.data.DataError)
-  74   StorageError: a checkpoint, metric or evaluation output could not be written
-  130  SIGINT, 143 SIGTERM (Stopped): the newest checkpoint is named in the message
+  74   StorageError: a checkpoint, metric or evaluation output could not be written, or a
+       checkpoint could not be read for a reason outside its files (out of memory,
+       permissions): the checkpoints are left as they are
+  130  SIGINT, 143 SIGTERM (Stopped): in a training step, after saving it (the message names
+       the step); before the first step or while evaluating, at once, nothing unsaved lost;
+       a second SIGINT stops at once without saving
 """
 import errno
 import os
 import re
+
+from substrax.data import one_line
 
 
 class ConfigError(ValueError):
@@ -46,7 +52,4 @@ def reason(e: BaseException) -> str:
   if isinstance(e, OSError) and e.strerror:
     return e.strerror
   code = re.search(r"os_error_code='(\d+)'", str(e))
-  if code:
-    return os.strerror(int(code.group(1)))
-  lines = str(e).strip().splitlines()
-  return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
+  return os.strerror(int(code.group(1))) if code else one_line(e)

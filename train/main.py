@@ -26,8 +26,10 @@ flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, eval 
 flags.DEFINE_bool("json", False, "substrax-inspect: print JSON instead of a table.")
 flags.DEFINE_bool("verbose", False, "Show tracebacks and library logs on exits by design.")
 
-PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # substrax's own code
+PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(PACKAGE, "configs")
+# substrax's own code, installed or in a checkout (whose .venv may lie inside PACKAGE).
+OWN_CODE = tuple(os.path.join(PACKAGE, d) + os.sep for d in ("train", "models", "data", "configs"))
 
 
 def named_configs() -> list[str]:
@@ -125,8 +127,8 @@ def _quiet_libraries():
 
 def _noise(tb) -> bool:
   files = [frame.filename for frame in traceback.extract_tb(tb)]
-  ours = [f for f in files if f.startswith(PACKAGE) and "/site-packages/" not in f]
-  return not ours and any("/orbax/" in f or "/asyncio/" in f for f in files)
+  return (not any(f.startswith(OWN_CODE) for f in files)
+          and any("/orbax/" in f or "/asyncio/" in f for f in files))
 
 
 def _sigterm(signum, frame):

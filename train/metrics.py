@@ -44,7 +44,7 @@ class MetricWriter:
       self._repair(resume_step)
       self._open()
       # purge_step hides TensorBoard's own records past the resumed step.
-      self._tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=resume_step or None)
+      self._tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=resume_step)
     except OSError as e:
       raise StorageError(f"cannot write {self.path} ({reason(e)})") from None
 

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import flax.linen as nn
 import jax
+import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -132,9 +133,15 @@ class _StopRequests:
     return self
 
   def _handle(self, signum, frame):
-    if self.signum is not None and signum == signal.SIGINT:
-      signal.default_int_handler(signum, frame)
+    if self.signum is not None:
+      if signum == signal.SIGINT:
+        signal.default_int_handler(signum, frame)
+      return
+    # Set before printing: a second signal can interrupt this handler while it prints.
     self.signum = signum
+    checkpointing.status(   # a slow step may take a while: say the signal was heard
+        f"{signal.Signals(signum).name}: saving this step, then stopping" +
+        (" (SIGINT again stops at once, without saving)" if signum == signal.SIGINT else ""))
 
   def __call__(self, step: int) -> bool:
     if self._multiprocess and multihost_utils.reached_preemption_sync_point(step):
@@ -172,8 +179,9 @@ def evaluate(exp: Experiment, state: step_lib.TrainState, workdir: str, step: in
   except OSError as e:
     if e.errno not in STORAGE_ERRNOS:
       raise
-    raise StorageError(f"writing the evaluation of step {step} failed ({reason(e)}: "
-                       f"{e.filename}); the checkpoints are intact, substrax-eval reruns it")
+    where = f": {e.filename}" if e.filename else ""
+    raise StorageError(f"writing the evaluation of step {step} failed ({reason(e)}{where}); "
+                       "the checkpoints are intact, substrax-eval reruns it")
 
 
 def train_and_evaluate(config, workdir: str) -> step_lib.TrainState:
@@ -188,6 +196,14 @@ def train_and_evaluate(config, workdir: str) -> step_lib.TrainState:
   lock = workdir_lib.Lock(workdir, checkpointing.status)
   with lock if jax.process_index() == 0 else contextlib.nullcontext():
     recorded = workdir_lib.check_config(workdir, config, training=True)
+    if recorded is not None:
+      # checkpoint.directory may change on a rerun only if the checkpoints moved with it: an
+      # empty new directory would restart the run at step 0.
+      before = checkpointing.directory(ml_collections.ConfigDict(recorded), workdir)
+      validation.require(before == checkpoint_dir or checkpointing.complete_steps(checkpoint_dir)
+                         or not checkpointing.complete_steps(before), "checkpoint.directory",
+                         f"{checkpoint_dir} holds no checkpoint, and the run's are in {before}; "
+                         "move them there first, or keep the old directory")
     exp = setup(config)
     with exp.activate():
       manager = checkpointing.make_manager(checkpoint_dir, config.checkpoint.keep)
@@ -231,7 +247,7 @@ def _train_loop(exp, state, start, manager, writer):
     bad = [k for k in ("loss", "grad_norm", "param_norm") if not np.isfinite(host[k])]
     if bad:
       checkpointing.wait(manager)   # a save in flight is a good checkpoint: let it finish
-      last = checkpointing.complete_steps(manager)
+      last = checkpointing.complete_steps(manager.directory)
       raise NonFiniteLoss(
           f"{', '.join(f'{k} is {host[k]}' for k in bad)} at step {step}; stopping. " +
           (f"The last good checkpoint is step {last[-1]}." if last
@@ -266,15 +282,15 @@ def _train_loop(exp, state, start, manager, writer):
         pending = None
         checkpointing.save(manager, done, state)
       if stop:
-        bar.close()
-        checkpointing.wait(manager)
-        name = signal.Signals(stops.signum).name
-        raise Stopped(f"{name}: saved a checkpoint at step {done}; rerun the same command to "
-                      "resume", stops.signum)
-  if pending is not None:
-    record(*pending)
-  bar.close()
-  return state, config.num_steps
+        break
+    if pending is not None:
+      record(*pending)
+    bar.close()
+    if stops.signum is not None:   # also a signal that came after the last step's check
+      checkpointing.wait(manager)
+      raise Stopped(f"{signal.Signals(stops.signum).name}: saved a checkpoint at step {done}; "
+                    "rerun the same command to resume", stops.signum)
+  return state, done
 
 
 def evaluate_checkpoint(config, workdir: str):

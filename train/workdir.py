@@ -19,10 +19,12 @@ CONFIG = "config.json"
 LOCK = "lock"
 
 # What a rerun may change: how long it trains (num_steps, upward only), how often it logs,
-# evaluates and saves, what evaluation measures, and where and on how many devices it runs.
+# evaluates and saves, what evaluation measures, where its checkpoints and data live (a new
+# checkpoint.directory must hold the moved checkpoints), and on how many devices it runs.
 # Anything else (task, data, model, loss, optimizer, seed) is another experiment.
 RESUMABLE = ("num_steps", "log_every_steps", "eval_every_steps", "progress_bar", "eval",
              "checkpoint.every_steps", "checkpoint.keep", "checkpoint.directory",
+             "data.cache_dir", "data.data_dir",
              "parallelism", "mesh_shape", "logical_axis_rules", "distributed")
 
 
@@ -190,7 +192,8 @@ class Lock:
 
   def __exit__(self, *exc):
     try:
-      os.unlink(self.path)
+      if os.stat(self.path).st_ino == os.fstat(self.fd).st_ino:   # ours, not a successor's
+        os.unlink(self.path)
     except OSError:
       pass
     os.close(self.fd)   # releases the flock
