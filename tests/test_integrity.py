@@ -306,8 +306,8 @@ def test_sigint_saves_and_exits_130_and_a_second_sigint_stops_at_once(tmp_path, 
   proc.send_signal(signal.SIGINT)
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 130, err
-  assert err.strip() == ("SIGINT: stopped without saving; a rerun resumes from the newest "
-                         "checkpoint")
+  assert err.strip() == ("SIGINT: stopped at once, without saving; a rerun resumes from the "
+                         "newest checkpoint")
   assert os.listdir(os.path.join(workdir, "checkpoints")) == []
 
 

@@ -11,9 +11,12 @@ any other exception is a bug and keeps its traceback.
        the step); before the first step or while evaluating, at once, nothing unsaved lost;
        a second SIGINT stops at once without saving
 """
+import _thread
 import errno
 import os
 import re
+import signal
+import threading
 
 from substrax.data import one_line
 
@@ -32,13 +35,26 @@ class StorageError(Exception):
   permissions). Earlier checkpoints are left as they were."""
 
 
-class Stopped(BaseException):
-  """SIGINT or SIGTERM ended the run; `exit_status` is 128 + the signal number. Like
-  KeyboardInterrupt it is not an Exception, so no `except Exception` on the way swallows it."""
+class Stopped(KeyboardInterrupt):
+  """SIGINT or SIGTERM ended the run; `exit_status` is 128 + the signal number. A
+  KeyboardInterrupt, so that neither `except Exception` nor asyncio, which re-raises only
+  KeyboardInterrupt and SystemExit out of its callbacks, swallows it."""
 
   def __init__(self, message: str, signum: int):
     super().__init__(message)
     self.exit_status = 128 + signum
+
+
+def stop(signum: int, message: str):
+  """Raises Stopped from a signal handler. Python drops an exception raised while the main
+  thread runs a GC callback or a __del__ (JAX has one), so while this handler is still the
+  one installed, it runs again half a second later, until one raise gets through."""
+  handler = signal.getsignal(signum)
+  retry = threading.Timer(
+      0.5, lambda: signal.getsignal(signum) is handler and _thread.interrupt_main(signum))
+  retry.daemon = True
+  retry.start()
+  raise Stopped(message, signum)
 
 
 # Errnos that mean the storage, not the program, is at fault.

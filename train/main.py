@@ -131,10 +131,11 @@ def _noise(tb) -> bool:
           and any("/orbax/" in f or "/asyncio/" in f for f in files))
 
 
-def _sigterm(signum, frame):
-  from substrax.train.errors import Stopped
-  raise Stopped("SIGTERM: stopped outside a training step; nothing unsaved was lost, rerun the "
-                "same command to continue", signum)
+def _stop(signum, frame):
+  """SIGINT and SIGTERM outside the training loop (which saves first: trainer._StopRequests)."""
+  from substrax.train import errors
+  errors.stop(signum, f"{signal.Signals(signum).name}: stopped outside a training step; "
+              "nothing unsaved was lost, rerun the same command to continue")
 
 
 def _guard(fn):
@@ -146,11 +147,13 @@ def _guard(fn):
     from substrax.train.errors import ConfigError, NonFiniteLoss, StorageError, Stopped
     by_design = ((ConfigError, 2, "config error: "), (DataError, 2, "data error: "),
                  (NonFiniteLoss, 1, "error: "), (StorageError, 74, "storage error: "),
-                 (Stopped, None, ""), (KeyboardInterrupt, 130, "SIGINT: stopped without "
-                                      "saving; a rerun resumes from the newest checkpoint"))
+                 (Stopped, None, ""), (KeyboardInterrupt, 130, "SIGINT: stopped at once, "
+                                      "without saving; a rerun resumes from the newest "
+                                      "checkpoint"))
     if not FLAGS.verbose:
       _quiet_libraries()
-    signal.signal(signal.SIGTERM, _sigterm)
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
     try:
       fn()
     except tuple(t for t, _, _ in by_design) as e:

@@ -19,7 +19,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from substrax.train import checkpointing, optim, tasks, validation
+from substrax.train import checkpointing, errors, optim, tasks, validation
 from substrax.train import mesh as mesh_lib, step as step_lib, workdir as workdir_lib
 from substrax.train.errors import NonFiniteLoss, StorageError, Stopped, STORAGE_ERRNOS, reason
 from substrax.train.metrics import MetricWriter
@@ -117,15 +117,15 @@ class _StopRequests:
   """Whether to save and stop after a step because SIGINT or SIGTERM arrived.
 
   One process: the first signal sets a flag that the loop reads after every step; a second
-  SIGINT stops at once without saving (KeyboardInterrupt). Several processes: SIGTERM may
-  reach only one of them, so JAX's preemption service (which catches SIGTERM itself) picks a
-  step that every process reaches, and they all save there together; SIGINT stops at once.
+  SIGINT stops at once without saving. Several processes: SIGTERM may reach only one of them,
+  so JAX's preemption service (which catches SIGTERM itself) picks a step that every process
+  reaches, and they all save there together; SIGINT stops the local process at once.
   """
 
   def __enter__(self):
     self.signum, self._previous = None, {}
     self._multiprocess = jax.process_count() > 1
-    for signum in () if self._multiprocess else (signal.SIGINT, signal.SIGTERM):
+    for signum in (signal.SIGINT,) if self._multiprocess else (signal.SIGINT, signal.SIGTERM):
       try:
         self._previous[signum] = signal.signal(signum, self._handle)
       except ValueError:  # not the main thread (e.g. some notebook runners): no handler
@@ -133,9 +133,10 @@ class _StopRequests:
     return self
 
   def _handle(self, signum, frame):
-    if self.signum is not None:
+    if self.signum is not None or self._multiprocess:
       if signum == signal.SIGINT:
-        signal.default_int_handler(signum, frame)
+        errors.stop(signum, "SIGINT: stopped at once, without saving; a rerun resumes from "
+                    "the newest checkpoint")
       return
     # Set before printing: a second signal can interrupt this handler while it prints.
     self.signum = signum
