@@ -102,8 +102,16 @@ def tmpfs(path: str, kilobytes: int):
     subprocess.run(["umount", "-l", path], check=True)
 
 
-def remount_read_only(path: str):
-  subprocess.run(["mount", "-o", "remount,ro", path], check=True)
+def remount_read_only(path: str, proc=None):
+  """Remounts read-only; while a writer holds a file open the kernel says busy, so retry."""
+  deadline = time.time() + 60
+  while True:
+    run = subprocess.run(["mount", "-o", "remount,ro", path], capture_output=True, text=True)
+    if run.returncode == 0:
+      return
+    busy = "busy" in run.stderr and time.time() < deadline
+    assert busy and (proc is None or proc.poll() is None), run.stderr
+    time.sleep(0.01)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,7 +369,7 @@ def test_directory_made_read_only_mid_run_stops_with_74(tmp_path, spawn):
     proc = spawn("substrax-train", *LONG, "--config.checkpoint.every_steps=20",
                  f"--workdir={workdir}", f"--config.checkpoint.directory={mount}")
     wait_for(lambda: os.path.isdir(f"{mount}/20"), proc)
-    remount_read_only(mount)
+    remount_read_only(mount, proc)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 74, err
     assert err.strip().splitlines() == [err.strip()] and "Read-only file system" in err
