@@ -45,16 +45,27 @@ class Stopped(KeyboardInterrupt):
     self.exit_status = 128 + signum
 
 
+_caught = threading.Event()
+
+
 def stop(signum: int, message: str):
   """Raises Stopped from a signal handler. Python drops an exception raised while the main
-  thread runs a GC callback or a __del__ (JAX has one), so while this handler is still the
-  one installed, it runs again half a second later, until one raise gets through."""
-  handler = signal.getsignal(signum)
-  retry = threading.Timer(
-      0.5, lambda: signal.getsignal(signum) is handler and _thread.interrupt_main(signum))
-  retry.daemon = True
-  retry.start()
+  thread runs a GC callback or a __del__ (JAX has one), so the signal is delivered again half a
+  second later, until `caught()` reports that a raise got through. The retry goes to whichever
+  handler is installed by then: the training loop's, if the run got that far, saves first."""
+  def retry():
+    if not _caught.is_set():
+      _thread.interrupt_main(signum)
+
+  timer = threading.Timer(0.5, retry)
+  timer.daemon = True
+  timer.start()
   raise Stopped(message, signum)
+
+
+def caught():
+  """The program has caught a Stopped and is exiting: no more retries."""
+  _caught.set()
 
 
 # Errnos that mean the storage, not the program, is at fault.

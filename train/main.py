@@ -144,6 +144,7 @@ def _guard(fn):
   def main(argv):
     del argv
     from substrax.data import DataError
+    from substrax.train import errors
     from substrax.train.errors import ConfigError, NonFiniteLoss, StorageError, Stopped
     by_design = ((ConfigError, 2, "config error: "), (DataError, 2, "data error: "),
                  (NonFiniteLoss, 1, "error: "), (StorageError, 74, "storage error: "),
@@ -157,6 +158,7 @@ def _guard(fn):
     try:
       fn()
     except tuple(t for t, _, _ in by_design) as e:
+      errors.caught()
       if FLAGS.verbose:
         traceback.print_exc()
       status, prefix = next((s, p) for t, s, p in by_design if isinstance(e, t))
