@@ -2,7 +2,7 @@
 
   substrax-train --config=configs/icl_bayes.py:cpu --workdir=runs/icl_bayes
   substrax-train --config=configs/icl_bayes.py:cpu --workdir=runs/icl_bayes_nopos \
-      --config.model.positions=False
+      --config.model.positions=none
 
 Noisy linear regression (d = 5, noise std 0.5, w ~ N(0, I)) with a mean-and-variance head
 (Liu et al. 2024): the mean trained by squared error, the variance by the Gaussian NLL. eval/uncertainty.json: the NLL per k against the

@@ -43,7 +43,7 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
       name="transformer",         # or "lsa": linear self-attention layers (models/icl.py LSA)
       encoding="interleaved",     # transformer read-in: interleaved, flagged or concat
       head="mean",                # or "gaussian": a mean (squared error) and a variance (NLL)
-      positions=True,             # learned position embeddings (False: none)
+      positions="learned",        # or "none" (order enters causally); models/positions.py
       lsa=ml_collections.ConfigDict(dict(num_layers=1, init_scale=0.02)),
       width=64, depth=3, num_heads=2, mlp_ratio=4,
       norm="layernorm",  # or "rmsnorm"

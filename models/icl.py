@@ -51,7 +51,6 @@ class ICLTransformer(nn.Module):
   block: BlockConfig
   encoding: str = "interleaved"
   head: str = "mean"          # or "gaussian"
-  positions: bool = True      # learned position embeddings (False: none)
 
   def setup(self):
     # PyTorch's nn.Linear default, as in Garg et al.'s read-in/read-out: with GPT-2's 0.02 the
@@ -61,7 +60,7 @@ class ICLTransformer(nn.Module):
                             kernel_init=param_init(init, None, "embed"),
                             bias_init=param_init(nn.initializers.zeros, "embed"))
     self.backbone = Transformer(self.width, self.depth, max_len=2 * self.n_points - 1,
-                                block=self.block, causal=True, positions=self.positions)
+                                block=self.block, causal=True)
     self.read_out = nn.Dense(2 if self.head == "gaussian" else 1, dtype=jnp.float32,
                              kernel_init=param_init(init, "embed", None),
                              bias_init=param_init(nn.initializers.zeros, None))

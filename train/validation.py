@@ -7,7 +7,7 @@ import math
 
 import jax
 
-from substrax.models import attention, transformer
+from substrax.models import attention, norms, positions
 from substrax.models.sharding import MESH_AXES
 from substrax.train.errors import ConfigError
 
@@ -67,11 +67,28 @@ def check_backbone(m, key: str = "model"):
   require(m.width % m.num_heads == 0, f"{key}.num_heads",
           f"{m.num_heads} heads do not divide {key}.width={m.width}")
   require(m.mlp_ratio > 0, f"{key}.mlp_ratio", f"must be positive, got {m.mlp_ratio}")
-  require(m.norm in transformer.NORMS, f"{key}.norm",
-          f"unknown norm {m.norm!r}; choose one of {', '.join(transformer.NORMS)}")
+  require(m.norm in norms.NORMS, f"{key}.norm",
+          f"unknown norm {m.norm!r}; choose one of {', '.join(norms.NORMS)}")
+  check_positions(m, key)
   require(m.dtype in DTYPES, f"{key}.dtype",
           f"unknown dtype {m.dtype!r}; choose one of {DTYPES}")
   check_attention(m.attention, f"{key}.attention")
+
+
+def check_positions(m, key: str = "model"):
+  """model.positions and model.zero_mean against the norm and the attention kind."""
+  scheme, kind, impl = m.get("positions", "learned"), m.attention.kind, m.attention.impl
+  require(scheme in positions.SCHEMES, f"{key}.positions",
+          f"unknown scheme {scheme!r}; choose one of {', '.join(positions.SCHEMES)}")
+  kinds = positions.RELATIVE.get(scheme, attention.KINDS)
+  require(kind in kinds, f"{key}.positions",
+          f"{scheme!r} is not defined for attention kind {kind!r}; it works with "
+          f"{', '.join(kinds)}")
+  impls = positions.IMPLS.get(scheme, attention.SUPPORTED_IMPLS[kind])
+  require(impl in impls, f"{key}.attention.impl",
+          f"positions {scheme!r} need impl {' or '.join(impls)}, got {impl!r}")
+  require(not (m.get("zero_mean", False) and m.norm == "crmsnorm"), f"{key}.zero_mean",
+          "crmsnorm's residual stream is zero-mean by construction; leave zero_mean False")
 
 
 def check_attention(a, key: str = "model.attention"):

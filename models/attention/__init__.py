@@ -13,6 +13,9 @@ from substrax.models.attention.linear import (cosformer_features, elu_features, 
                                               orthogonal_features, performer_features)
 from substrax.models.attention.linformer import linformer_attention
 from substrax.models.attention.softmax import local_attention, softmax_attention
+from substrax.models.kernels.reference import alibi_slopes
+from substrax.models.norms import centre
+from substrax.models.positions import RPE_BUCKETS, offsets, rope, rpe_buckets
 from substrax.models.sharding import constrain, param_init
 
 # Which implementations each kind has. 'auto' picks per backend (see each function's docstring).
@@ -31,7 +34,8 @@ FEATURE_MAPS = {"linear": elu_features, "cosformer": cosformer_features}
 
 
 def layer_kwargs(config) -> dict:
-  """Attention keyword arguments from a model.attention config block (configs.common)."""
+  """Attention keyword arguments from a model.attention config block (configs.common); the
+  backbone adds `positions`."""
   return {k: config[k] for k in ("kind", "impl", "window", "num_features", "low_rank")}
 
 
@@ -46,11 +50,18 @@ class Attention(nn.Module):
   """Multi-head attention with fused Q/K/V and output projections.
 
   Per-kind settings: `window` (local), `num_features` (performer), `low_rank` and `max_len`
-  (linformer's projections span max_len positions; cosformer's re-weighting horizon M is max_len). Performer draws its features from the
-  'features' RNG stream (see feature_rngs), or from a fixed key when none is given.
+  (linformer's projections span max_len positions; cosformer's re-weighting horizon M is
+  max_len). Performer draws its features from the 'features' RNG stream (see feature_rngs), or
+  from a fixed key when none is given. `positions` applies a relative scheme (rope, alibi, rpe,
+  urpe: models/positions.py; URPE's Toeplitz entries span offsets up to max_len); absolute ones
+  are the backbone's business. `head_dim` defaults to width / num_heads; `centre_out` makes the
+  output projection zero-mean (models/norms.CentredDense).
   """
   num_heads: int
   kind: str = "softmax"
+  positions: str = "none"
+  head_dim: int | None = None
+  centre_out: bool = False
   impl: str = "auto"
   causal: bool = True
   window: int = 16
@@ -72,7 +83,7 @@ class Attention(nn.Module):
       raise ValueError(f"attention: segment_ids are supported by kind 'softmax' only, "
                        f"not {self.kind!r}")
     width = x.shape[-1]
-    head_dim = width // self.num_heads
+    head_dim = self.head_dim or width // self.num_heads
     # Explicit params, not DenseGeneral: its kernel init flattens to 2-D, which breaks 4-D
     # logical-partitioning annotations.
     w_qkv = self.param("qkv_kernel", param_init(self.kernel_init, "embed", None, "heads", "kv"),
@@ -85,11 +96,15 @@ class Attention(nn.Module):
     w_out = self.param("out_kernel", param_init(self.out_init, "heads", "kv", "embed"),
                        (self.num_heads, head_dim, width))
     b_out = self.param("out_bias", param_init(nn.initializers.zeros, "embed"), (width,))
+    if self.centre_out:
+      w_out, b_out = centre(w_out), centre(b_out)
     return jnp.einsum("blhd,hde->ble", out, w_out.astype(self.dtype)) + b_out.astype(self.dtype)
 
   def _core(self, q, k, v, mask, segment_ids):
     """Creates the kind's own parameters or random features, then calls `attend`."""
-    extras = {}
+    extras = self._positional(q.shape[1])
+    if self.positions == "rope":
+      q, k = rope(q), rope(k)
     head_dim = q.shape[-1]
     if self.kind == "performer":
       key = self.make_rng("features") if self.has_rng("features") else jax.random.key(0)
@@ -110,17 +125,40 @@ class Attention(nn.Module):
     return attend(self.kind, q, k, v, causal=self.causal, impl=self.impl, mask=mask,
                   segment_ids=segment_ids, window=self.window, **extras)
 
+  def _positional(self, length):
+    """The softmax terms of the score-level schemes: ALiBi's slopes, RPE's bias, URPE's
+    Toeplitz weights."""
+    if self.positions == "alibi":
+      return {"alibi_slopes": jnp.asarray(alibi_slopes(self.num_heads), jnp.float32)}
+    if self.positions not in ("rpe", "urpe"):
+      return {}
+    table = self.param("rpe_bias", param_init(nn.initializers.zeros, None, "heads"),
+                       (RPE_BUCKETS, self.num_heads))
+    terms = {"bias": table[rpe_buckets(length, causal=self.causal)].transpose(2, 0, 1)}
+    if self.positions == "urpe":
+      max_len = self.max_len or length
+      if length > max_len:
+        raise ValueError(f"urpe: length {length} exceeds max_len={max_len}")
+      c = self.param("urpe_toeplitz", param_init(nn.initializers.ones, "heads", None),
+                     (self.num_heads, 2 * max_len - 1))
+      terms["weights"] = c[:, offsets(length) + max_len - 1]
+    return terms
+
 
 def attend(kind, q, k, v, *, causal, impl="auto", mask=None, segment_ids=None, window=None,
-           omega=None, length_proj=None, summary_query=None, horizon=None):
+           omega=None, length_proj=None, summary_query=None, horizon=None, bias=None,
+           weights=None, alibi_slopes=None):
   """The attention core of every kind, as a pure function of [batch, length, heads, dim] inputs.
 
   Kind-specific inputs: window (local), omega [features, dim] (performer), length_proj = (E, F),
-  each [length, r] (linformer), summary_query [heads, dim] (combiner), horizon (cosformer's M).
+  each [length, r] (linformer), summary_query [heads, dim] (combiner), horizon (cosformer's M);
+  softmax's positional terms bias, weights and alibi_slopes (softmax_attention).
   """
   if kind == "softmax":
     return softmax_attention(q, k, v, causal=causal, mask=mask, segment_ids=segment_ids,
-                             impl=impl)
+                             bias=bias, weights=weights, alibi_slopes=alibi_slopes, impl=impl)
+  if bias is not None or weights is not None or alibi_slopes is not None:
+    raise ValueError(f"attention: kind {kind!r} takes no positional bias")
   if kind == "local":
     return local_attention(q, k, v, window=window, causal=causal, mask=mask, impl=impl)
   if kind == "linformer":

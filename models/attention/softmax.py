@@ -6,7 +6,7 @@ Tensors are [batch, length, heads, head_dim]. `mask` is [batch, length] bool, Tr
 import jax
 import jax.numpy as jnp
 
-from substrax.models import kernels
+from substrax.models import kernels, positions
 from substrax.models.kernels.reference import masked_softmax
 
 
@@ -27,11 +27,16 @@ def allowed_keys(length, *, causal, mask=None, segment_ids=None, window=None):
   return ok
 
 
-def dense_softmax(q, k, v, allowed):
-  """softmax(q k^T / sqrt(d)) v over the allowed keys; the softmax runs in float32."""
+def dense_softmax(q, k, v, allowed, bias=None, weights=None):
+  """(softmax(q k^T / sqrt(d) + bias) * weights) v over the allowed keys; the softmax runs in
+  float32. bias and weights broadcast against the [batch, heads, queries, keys] scores."""
   s = jnp.einsum("bqhd,bkhd->bhqk", q * (q.shape[-1] ** -0.5), k)
-  p = masked_softmax(s, allowed).astype(v.dtype)
-  return jnp.einsum("bhqk,bkhd->bqhd", p, v)
+  if bias is not None:
+    s = s + bias
+  p = masked_softmax(s, allowed)
+  if weights is not None:
+    p = p * weights
+  return jnp.einsum("bhqk,bkhd->bqhd", p.astype(v.dtype), v)
 
 
 def _cudnn_supports(q, *, mask, segment_ids) -> bool:
@@ -41,27 +46,38 @@ def _cudnn_supports(q, *, mask, segment_ids) -> bool:
           and d % 8 == 0 and d <= 128 and mask is None and segment_ids is None)
 
 
-def softmax_attention(q, k, v, *, causal, mask=None, segment_ids=None, impl="auto"):
+def softmax_attention(q, k, v, *, causal, mask=None, segment_ids=None, bias=None, weights=None,
+                      alibi_slopes=None, impl="auto"):
   """Scaled dot-product attention.
 
+  Positional terms (models/positions.py): `bias` [heads, length, length] added to the scores,
+  `weights` [heads, length, length] multiplying the softmax output (URPE), both dense, so xla
+  only; `alibi_slopes` [heads], which the flash kernel turns into its bias block by block.
+
   impl: 'xla' dense einsums; 'cudnn' jax.nn.dot_product_attention's cuDNN kernel; 'pallas' the
-  flash kernel; 'auto' is xla on CPU, cuDNN on GPU where it supports the call and the flash
-  kernel otherwise, and the flash kernel on TPU.
+  flash kernel; 'auto' is xla on CPU or with a dense bias or weights, cuDNN on GPU where it
+  supports the call and the flash kernel otherwise, and the flash kernel on TPU.
   """
   if impl == "auto":
     backend = jax.default_backend()
-    if backend == "cpu":
+    if backend == "cpu" or bias is not None or weights is not None:
       impl = "xla"
-    elif backend == "gpu" and _cudnn_supports(q, mask=mask, segment_ids=segment_ids):
+    elif (backend == "gpu" and alibi_slopes is None
+          and _cudnn_supports(q, mask=mask, segment_ids=segment_ids)):
       impl = "cudnn"
     else:
       impl = "pallas"
+  if impl != "xla" and (bias is not None or weights is not None):
+    raise ValueError(f"softmax attention: a dense positional bias needs impl 'xla', not {impl!r}")
   if impl == "xla":
+    if alibi_slopes is not None:
+      bias = positions.alibi_bias(alibi_slopes, q.shape[1])
     return dense_softmax(q, k, v, allowed_keys(q.shape[1], causal=causal, mask=mask,
-                                               segment_ids=segment_ids))
+                                               segment_ids=segment_ids), bias, weights)
   if impl == "cudnn":
-    if segment_ids is not None:
-      raise ValueError("softmax attention: impl='cudnn' does not take segment_ids; use 'pallas'")
+    if segment_ids is not None or alibi_slopes is not None:
+      raise ValueError("softmax attention: impl='cudnn' takes neither segment_ids nor ALiBi; "
+                       "use 'pallas'")
     return jax.nn.dot_product_attention(
         q, k, v, is_causal=causal, implementation="cudnn",
         mask=None if mask is None else mask[:, None, None, :])
@@ -69,7 +85,8 @@ def softmax_attention(q, k, v, *, causal, mask=None, segment_ids=None, impl="aut
     if mask is not None:  # padded tokens get their own segment, so real queries never see them
       base = jnp.zeros(mask.shape, jnp.int32) if segment_ids is None else segment_ids
       segment_ids = jnp.where(mask, base, -1)
-    return kernels.flash_attention(q, k, v, causal=causal, segment_ids=segment_ids)
+    return kernels.flash_attention(q, k, v, causal=causal, segment_ids=segment_ids,
+                                   alibi_slopes=alibi_slopes)
   raise ValueError(f"softmax attention: unknown impl {impl!r}")
 
 

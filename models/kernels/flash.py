@@ -11,7 +11,9 @@ interpreter (CPU), Triton (GPU) and Mosaic (TPU):
   blocks) and one for dq (grid over query blocks, loop over key blocks).
 
 Causal attention skips the blocks above the diagonal in all three kernels, and only the blocks
-that straddle the diagonal, the key tail or a segment boundary evaluate the mask.
+that straddle the diagonal, the key tail or a segment boundary evaluate the mask. ALiBi (Press et
+al. 2022) adds -slope_h * |i - j| to every evaluated block, masked or not, from the block's
+positions and the head's slope, so the bias is never stored as a [length, length] array.
 
 Layout choices made for the compiled backends: lengths are padded to a block multiple and head
 dims to a power of two (>= 16, the smallest Triton dot); every block's last two dims are either
@@ -81,6 +83,14 @@ def _mask(st, s, q_start, k_start, q_seg, k_seg, q_axis=0):
   return jnp.where(ok, s, MASK_VALUE)
 
 
+def _alibi(s, slope, q_start, k_start, q_axis=0):
+  """Scores block s plus the ALiBi bias -slope * |q_pos - k_pos| (layouts as in `_mask`); slope
+  is the head's (1, 1) block. A bias, not a mask: every evaluated block gets it."""
+  q_pos = q_start + jax.lax.broadcasted_iota(jnp.int32, s.shape, q_axis)
+  k_pos = k_start + jax.lax.broadcasted_iota(jnp.int32, s.shape, 1 - q_axis)
+  return s - slope * jnp.abs((q_pos - k_pos).astype(jnp.float32))  # exact: |i - j| < 2^24
+
+
 def _key_loop_bounds(st, i, has_segments):
   """For query block i: key blocks [0, mid) need no mask, [mid, hi) need one, the rest are
   skipped (beyond the diagonal when causal, or wholly padding)."""
@@ -110,18 +120,22 @@ def _query_loop_bounds(st, j, has_segments):
   return lo, mid, hi
 
 
-def _split(refs, n_main, has_segments):
-  """(main input refs, blocked-side seg ref, looped-side seg ref, output refs)."""
-  if has_segments:
-    return refs[:n_main], refs[n_main], refs[n_main + 1], refs[n_main + 2:]
-  return refs[:n_main], None, None, refs[n_main:]
+def _split(refs, n_main, has_alibi, has_segments):
+  """(main input refs, slope ref, blocked-side seg ref, looped-side seg ref, output refs); an
+  absent optional input is None."""
+  main, rest = refs[:n_main], list(refs[n_main:])
+  slope_ref = rest.pop(0) if has_alibi else None
+  seg_refs = (rest.pop(0), rest.pop(0)) if has_segments else (None, None)
+  return main, slope_ref, *seg_refs, rest
 
 
-def _fwd_kernel(*refs, st, has_segments):
-  (q_ref, k_ref, v_ref), qseg_ref, kseg_ref, (o_ref, lse_ref) = _split(refs, 3, has_segments)
+def _fwd_kernel(*refs, st, has_alibi, has_segments):
+  (q_ref, k_ref, v_ref), slope_ref, qseg_ref, kseg_ref, (o_ref, lse_ref) = _split(
+      refs, 3, has_alibi, has_segments)
   bq, bk = st.block_q, st.block_k
   i = pl.program_id(2)
   q = q_ref[...]
+  slope = None if slope_ref is None else slope_ref[...]  # (1, 1)
   q_seg = None if qseg_ref is None else qseg_ref[...]  # (bq, 1)
 
   def body(j, carry, masked):
@@ -130,6 +144,8 @@ def _fwd_kernel(*refs, st, has_segments):
     k = k_ref[pl.ds(start, bk), :]
     v = v_ref[pl.ds(start, bk), :]
     s = _dot_nt(q, k) * st.sm_scale
+    if slope is not None:
+      s = _alibi(s, slope, i * bq, start)
     if masked:
       s = _mask(st, s, i * bq, start, q_seg, None if kseg_ref is None else kseg_ref[j])
     m_new = jnp.maximum(m, jnp.max(s, axis=1, keepdims=True))
@@ -149,12 +165,13 @@ def _fwd_kernel(*refs, st, has_segments):
   lse_ref[...] = m + jnp.log(l)
 
 
-def _dq_kernel(*refs, st, has_segments):
-  (q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref), qseg_ref, kseg_ref, (dq_ref,) = _split(
-      refs, 6, has_segments)
+def _dq_kernel(*refs, st, has_alibi, has_segments):
+  (q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref), slope_ref, qseg_ref, kseg_ref, (dq_ref,) = (
+      _split(refs, 6, has_alibi, has_segments))
   bq, bk = st.block_q, st.block_k
   i = pl.program_id(2)
   q, do = q_ref[...], do_ref[...]
+  slope = None if slope_ref is None else slope_ref[...]  # (1, 1)
   lse, delta = lse_ref[...], delta_ref[...]  # (bq, 1)
   q_seg = None if qseg_ref is None else qseg_ref[...]
 
@@ -163,6 +180,8 @@ def _dq_kernel(*refs, st, has_segments):
     k = k_ref[pl.ds(start, bk), :]
     v = v_ref[pl.ds(start, bk), :]
     s = _dot_nt(q, k) * st.sm_scale
+    if slope is not None:
+      s = _alibi(s, slope, i * bq, start)
     if masked:
       s = _mask(st, s, i * bq, start, q_seg, None if kseg_ref is None else kseg_ref[j])
     p = jnp.exp(s - lse)
@@ -176,14 +195,15 @@ def _dq_kernel(*refs, st, has_segments):
   dq_ref[...] = (dq * st.sm_scale).astype(dq_ref.dtype)
 
 
-def _dkdv_kernel(*refs, st, has_segments):
+def _dkdv_kernel(*refs, st, has_alibi, has_segments):
   # Works on the transposed scores sT = k q^T [bk, bq], so that every dot is a @ b or a @ b.T
   # and the query-side vectors are rows.
-  (q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref), kseg_ref, qseg_ref, (dk_ref, dv_ref) = (
-      _split(refs, 6, has_segments))
+  (q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref), slope_ref, kseg_ref, qseg_ref, (
+      dk_ref, dv_ref) = _split(refs, 6, has_alibi, has_segments)
   bq, bk = st.block_q, st.block_k
   j = pl.program_id(2)
   k, v = k_ref[...], v_ref[...]
+  slope = None if slope_ref is None else slope_ref[...]  # (1, 1)
   k_seg = None if kseg_ref is None else kseg_ref[...]  # (bk, 1)
 
   def body(i, carry, masked):
@@ -192,6 +212,8 @@ def _dkdv_kernel(*refs, st, has_segments):
     q = q_ref[pl.ds(start, bq), :]
     do = do_ref[pl.ds(start, bq), :]
     s_t = _dot_nt(k, q) * st.sm_scale
+    if slope is not None:
+      s_t = _alibi(s_t, slope, start, j * bk, q_axis=1)
     if masked:
       s_t = _mask(st, s_t, start, j * bk, None if qseg_ref is None else qseg_ref[i], k_seg,
                   q_axis=1)
@@ -210,7 +232,7 @@ def _dkdv_kernel(*refs, st, has_segments):
 
 
 # BlockSpec helpers; arrays are [B, H, Lp, Dp], vectors [B, H, Lp, 1] (columns) or
-# [B, H, n, 1, block] (rows), segment ids [B, Lp, 1] or [B, n, 1, block].
+# [B, H, n, 1, block] (rows), segment ids [B, Lp, 1] or [B, n, 1, block], ALiBi slopes [H, 1, 1].
 def _blocked(block, dp):
   return pl.BlockSpec((None, None, block, dp), lambda b, h, x: (b, h, x, 0))
 
@@ -233,19 +255,25 @@ def _segment_specs(seg, blocked_size, looped_size):
            pl.BlockSpec((None, n, 1, looped_size), lambda b_, h, x: (b_, 0, 0, 0))])
 
 
-def _call(kernel, st, grid, inputs, in_specs, out_specs, out_shape, seg, blocked, looped):
-  has_segments = seg is not None
+def _call(kernel, st, grid, inputs, in_specs, out_specs, out_shape, slopes, seg, blocked,
+          looped):
+  has_alibi, has_segments = slopes is not None, seg is not None
+  if has_alibi:
+    # An input, not a closed-over constant: the slopes may be traced. Each program reads its
+    # head's (1, 1) block, whose last two dims are full dims, as Mosaic and Triton require.
+    inputs = [*inputs, slopes]
+    in_specs = [*in_specs, pl.BlockSpec((None, 1, 1), lambda b, h, x: (h, 0, 0))]
   if has_segments:
     seg_inputs, seg_specs = _segment_specs(seg, blocked, looped)
     inputs, in_specs = [*inputs, *seg_inputs], [*in_specs, *seg_specs]
   return pl.pallas_call(
-      functools.partial(kernel, st=st, has_segments=has_segments), grid=grid,
+      functools.partial(kernel, st=st, has_alibi=has_alibi, has_segments=has_segments), grid=grid,
       in_specs=in_specs, out_specs=out_specs, out_shape=out_shape, interpret=st.interpret,
       compiler_params=compiler_params(st.interpret, grid_rank=3,
                                       num_warps=4 if inputs[0].shape[-1] <= 64 else 8))(*inputs)
 
 
-def _forward(st, q, k, v, seg):
+def _forward(st, q, k, v, slopes, seg):
   b, h, lp, dp = q.shape
   bq = st.block_q
   return _call(
@@ -253,10 +281,10 @@ def _forward(st, q, k, v, seg):
       [_blocked(bq, dp), _whole(lp, dp), _whole(lp, dp)],
       [_blocked(bq, dp), _blocked(bq, 1)],
       [jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, h, lp, 1), jnp.float32)],
-      seg, bq, st.block_k)
+      slopes, seg, bq, st.block_k)
 
 
-def _backward(st, q, k, v, seg, o, lse, do):
+def _backward(st, q, k, v, slopes, seg, o, lse, do):
   b, h, lp, dp = q.shape
   bq, bk = st.block_q, st.block_k
   delta = jnp.sum(o.astype(jnp.float32) * do.astype(jnp.float32), axis=-1, keepdims=True)
@@ -264,7 +292,7 @@ def _backward(st, q, k, v, seg, o, lse, do):
       _dq_kernel, st, (b, h, lp // bq), [q, k, v, do, lse, delta],
       [_blocked(bq, dp), _whole(lp, dp), _whole(lp, dp), _blocked(bq, dp), _blocked(bq, 1),
        _blocked(bq, 1)],
-      _blocked(bq, dp), jax.ShapeDtypeStruct(q.shape, q.dtype), seg, bq, bk)
+      _blocked(bq, dp), jax.ShapeDtypeStruct(q.shape, q.dtype), slopes, seg, bq, bk)
   nq = lp // bq
   rows = pl.BlockSpec((None, None, nq, 1, bq), lambda b_, h_, x: (b_, h_, 0, 0, 0))
   dk, dv = _call(
@@ -273,23 +301,23 @@ def _backward(st, q, k, v, seg, o, lse, do):
       [_whole(lp, dp), _blocked(bk, dp), _blocked(bk, dp), _whole(lp, dp), rows, rows],
       [_blocked(bk, dp), _blocked(bk, dp)],
       [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
-      seg, bk, bq)
+      slopes, seg, bk, bq)
   return dq, dk, dv
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _flash(st, q, k, v, seg):
-  return _forward(st, q, k, v, seg)[0]
+def _flash(st, q, k, v, slopes, seg):
+  return _forward(st, q, k, v, slopes, seg)[0]
 
 
-def _flash_fwd(st, q, k, v, seg):
-  o, lse = _forward(st, q, k, v, seg)
-  return o, (q, k, v, seg, o, lse)
+def _flash_fwd(st, q, k, v, slopes, seg):
+  o, lse = _forward(st, q, k, v, slopes, seg)
+  return o, (q, k, v, slopes, seg, o, lse)
 
 
 def _flash_bwd(st, residuals, do):
   dq, dk, dv = _backward(st, *residuals, do)
-  return dq, dk, dv, None
+  return dq, dk, dv, None, None  # the slopes (fixed hyperparameters) get a zero cotangent
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
@@ -303,14 +331,17 @@ def _check_block(name, value):
 
 
 def flash_attention(q, k, v, *, causal=False, sm_scale=None, segment_ids=None,
-                    block_q=None, block_k=None, interpret=None):
+                    alibi_slopes=None, block_q=None, block_k=None, interpret=None):
   """softmax(q k^T * sm_scale) v over [batch, length, heads, head_dim], in q.dtype.
 
   sm_scale defaults to head_dim ** -0.5. segment_ids: optional int [batch, length]; a query
-  attends only to keys with the same id. block_q / block_k: powers of two >= 16 (default: 128,
+  attends only to keys with the same id. alibi_slopes: optional float [heads] (for instance
+  `reference.alibi_slopes(heads)`); head h adds -alibi_slopes[h] * |i - j| to the score of query
+  i and key j after the scaling (ALiBi). block_q / block_k: powers of two >= 16 (default: 128,
   64 for head dims above 128, less for short sequences). interpret: None (interpret mode on CPU,
   compiled elsewhere), True, False, or an interpret-params object such as
-  `pltpu.InterpretParams()`, passed to pallas_call. Differentiable in q, k and v.
+  `pltpu.InterpretParams()`, passed to pallas_call. Differentiable in q, k and v (the slopes get
+  a zero gradient).
   """
   if q.ndim != 4 or q.shape != k.shape or q.shape != v.shape:
     raise ValueError("flash_attention: q, k, v must share one shape [batch, length, heads, "
@@ -325,6 +356,11 @@ def flash_attention(q, k, v, *, causal=False, sm_scale=None, segment_ids=None,
                                   or not jnp.issubdtype(segment_ids.dtype, jnp.integer)):
     raise ValueError(f"flash_attention: segment_ids must be int [batch, length] = "
                      f"{(batch, length)}, got {segment_ids.dtype}{list(segment_ids.shape)}")
+  if alibi_slopes is not None:
+    alibi_slopes = jnp.asarray(alibi_slopes)
+    if alibi_slopes.shape != (heads,) or not jnp.issubdtype(alibi_slopes.dtype, jnp.floating):
+      raise ValueError(f"flash_attention: alibi_slopes must be float [heads] = [{heads}], got "
+                       f"{alibi_slopes.dtype}{list(alibi_slopes.shape)}")
   dp = max(MIN_DIM, next_pow2(head_dim))
   bq = _check_block("block_q", _default_block(length, dp) if block_q is None else block_q)
   bk = _check_block("block_k", _default_block(length, dp) if block_k is None else block_k)
@@ -344,5 +380,6 @@ def flash_attention(q, k, v, *, causal=False, sm_scale=None, segment_ids=None,
   if segment_ids is not None:
     # Padded positions are excluded by position, so their id does not matter.
     seg = jnp.pad(segment_ids.astype(jnp.int32), ((0, 0), (0, lp - length)))
-  out = _flash(st, prep(q), prep(k), prep(v), seg)
+  slopes = None if alibi_slopes is None else alibi_slopes.astype(jnp.float32).reshape(heads, 1, 1)
+  out = _flash(st, prep(q), prep(k), prep(v), slopes, seg)
   return out[:, :, :length, :head_dim].transpose(0, 2, 1, 3)

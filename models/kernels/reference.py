@@ -3,6 +3,8 @@
 Layout [batch, length, heads, head_dim]. Both compute in float32 and return the input dtype.
 The masked softmax here is also the one every XLA attention form uses (models/attention).
 """
+import operator
+
 import jax
 import jax.numpy as jnp
 
@@ -18,12 +20,34 @@ def masked_softmax(logits, allowed):
   return jax.nn.softmax(jnp.where(allowed, logits.astype(jnp.float32), MASKED), axis=-1)
 
 
-def flash_attention(q, k, v, *, causal=False, sm_scale=None, segment_ids=None):
-  """softmax(q k^T * sm_scale) v. segment_ids [batch, length] (int): a query attends only to keys
-  with the same id. Query and key lengths are equal."""
+def alibi_slopes(num_heads):
+  """The ALiBi head slopes of Press et al. (2022), float32 [num_heads].
+
+  For a power of two H: 2^(-8i/H), i = 1..H. Otherwise, with n the largest power of two below H,
+  the n slopes of n heads followed by every other slope of 2n heads (the paper's rule), that is
+  2^(-4(2i-1)/n) for i = 1..H-n: those interleave with the first ones, so all stay distinct and
+  within [2^-8, 1).
+  """
+  num_heads = operator.index(num_heads)
+  if num_heads < 1:
+    raise ValueError(f"alibi_slopes: num_heads must be >= 1, got {num_heads}")
+  n = 1 << (num_heads.bit_length() - 1)
+  exponents = ([8 * i / n for i in range(1, n + 1)]
+               + [4 * (2 * i - 1) / n for i in range(1, num_heads - n + 1)])
+  return jnp.asarray([2.0 ** -e for e in exponents], jnp.float32)
+
+
+def flash_attention(q, k, v, *, causal=False, sm_scale=None, segment_ids=None, alibi_slopes=None):
+  """softmax(q k^T * sm_scale + bias) v. segment_ids [batch, length] (int): a query attends only
+  to keys with the same id. alibi_slopes [heads] (float): bias -alibi_slopes[h] * |i - j| for
+  query i and key j in head h (ALiBi); no bias when None. Query and key lengths are equal."""
   sm_scale = q.shape[-1] ** -0.5 if sm_scale is None else sm_scale
   s = jnp.einsum("bqhd,bkhd->bhqk", q.astype(jnp.float32), k.astype(jnp.float32)) * sm_scale
   length = q.shape[1]
+  if alibi_slopes is not None:
+    pos = jnp.arange(length)
+    distance = jnp.abs(pos[:, None] - pos[None, :]).astype(jnp.float32)
+    s = s - jnp.asarray(alibi_slopes, jnp.float32)[:, None, None] * distance
   allowed = jnp.ones((1, 1, length, length), bool)
   if causal:
     allowed = allowed & jnp.tril(jnp.ones((length, length), bool))

@@ -101,8 +101,7 @@ def make_model(config):
                           init_scale=m.lsa.init_scale)
   return icl_models.ICLTransformer(
       n_points=config.data.n_points, width=m.width, depth=m.depth,
-      block=transformer.block_config(m), encoding=m.encoding, head=m.head,
-      positions=m.positions)
+      block=transformer.block_config(m), encoding=m.encoding, head=m.head)
 
 
 def pointwise_loss(spec: icl_data.Spec, preds, ys):

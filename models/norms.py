@@ -1,0 +1,79 @@
+"""The three pre-norms of Jiang et al. 2023, "Pre-RMSNorm and Pre-CRMSNorm Transformers":
+
+  LayerNorm   LN(x)   = (x - mean(x)) / sqrt(var(x) + eps)
+  RMSNorm     RMS(x)  = x / sqrt(mean(x^2) + eps)
+  CRMSNorm    CRMS(x) = x / sqrt((sum(x^2) + sum(x)^2) / (n + 1) + eps),  x in R^n
+
+CRMSNorm reads the n = d - 1 free coordinates of a zero-mean d-vector (its last coordinate is
+minus the sum of the others), so CRMS(x) is the RMS of that d-vector. If 1^T x = 0 then
+LN(x) = RMS(x), eps included: a residual stream kept zero-mean makes the three interchangeable
+(models/norm_conversion.py). Each applies a scale and a bias, RMSNorm and CRMSNorm too, so that
+an LN model's parameters map one to one onto the RMS model that trains identically.
+
+`CentredDense` is the zero-mean-output layer: it stores the raw kernel K and bias b and applies
+K - mean_out(K) and b - mean(b). Every output is zero-mean, and because the model depends on K
+only through that projection, its gradients, and so Adam's steps, match an LN model with raw K.
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from substrax.models.sharding import param_init
+
+NORMS = ("layernorm", "rmsnorm", "crmsnorm")
+EPS = 1e-6
+
+
+def centre(x, axis=-1):
+  """x minus its mean along `axis`: the projection onto the zero-mean subspace."""
+  return x - jnp.mean(x, axis=axis, keepdims=True)
+
+
+def _shift_and_inverse(kind: str, x, eps: float):
+  """(shift, inv) with norm(x) = (x - shift) * inv."""
+  if kind == "layernorm":
+    # Flax's LayerNorm formula (var = E[x^2] - E[x]^2), so models trained with it are unchanged.
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.maximum(jnp.mean(x * x, axis=-1, keepdims=True) - mean * mean, 0.0)
+    return mean, jax.lax.rsqrt(var + eps)
+  if kind == "rmsnorm":
+    return 0.0, jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps)
+  if kind == "crmsnorm":
+    square = jnp.sum(x * x, axis=-1, keepdims=True) + jnp.sum(x, axis=-1, keepdims=True) ** 2
+    return 0.0, jax.lax.rsqrt(square / (x.shape[-1] + 1) + eps)
+  raise ValueError(f"unknown norm {kind!r}; choose one of {', '.join(NORMS)}")
+
+
+def normalise(kind: str, x, eps: float = EPS):
+  """The norm without its affine."""
+  shift, inv = _shift_and_inverse(kind, x, eps)
+  return (x - shift) * inv
+
+
+class Norm(nn.Module):
+  """normalise(kind, x) * scale + bias, computed in float32 (float64 under jax_enable_x64)."""
+  kind: str
+
+  @nn.compact
+  def __call__(self, x):
+    width = x.shape[-1]
+    scale = self.param("scale", param_init(nn.initializers.ones, "embed"), (width,))
+    bias = self.param("bias", param_init(nn.initializers.zeros, "embed"), (width,))
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    shift, inv = _shift_and_inverse(self.kind, x, EPS)
+    return (x - shift) * (inv * scale) + bias   # Flax's order of operations
+
+
+class CentredDense(nn.Module):
+  """Dense layer whose outputs are zero-mean (see the module docstring); the same parameter
+  names and shapes as nn.Dense, so one parameter tree serves both."""
+  features: int
+  dtype: jnp.dtype = jnp.float32
+  kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+  bias_init: nn.initializers.Initializer = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
+    bias = self.param("bias", self.bias_init, (self.features,))
+    return x @ centre(kernel).astype(self.dtype) + centre(bias).astype(self.dtype)
