@@ -15,7 +15,6 @@ import _thread
 import errno
 import os
 import re
-import signal
 import threading
 
 from substrax.data import one_line
