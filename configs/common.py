@@ -118,3 +118,37 @@ def lra_base(preset: str) -> ml_collections.ConfigDict:
     c.eval.update(batch_size=64, held_out_examples=64)
     c.progress_bar = False
   return c
+
+
+def lm_base(preset: str) -> ml_collections.ConfigDict:
+  """Trainer, model and eval defaults shared by the language-modelling configs (task 'lm',
+  substrax.train.tasks.lm); each file adds its `data` block and sizes."""
+  c = base_config(preset)
+  c.task = "lm"
+  c.model = ml_collections.ConfigDict(dict(
+      width=128, depth=4, num_heads=4, mlp_ratio=4,
+      norm="layernorm",        # layernorm, rmsnorm, crmsnorm (models/norms.py)
+      zero_mean=False,         # centred residual writers: Pre-RMSNorm with norm='rmsnorm'
+      positions="learned",     # learned, sinusoidal, none, rope, alibi, rpe, urpe
+      max_len=64,              # positions a learned/sinusoidal/URPE table covers
+      dtype="float32",
+      attention=attention_config(),
+  ))
+  c.eval = ml_collections.ConfigDict(dict(
+      lengths=(64,),           # evaluate() scores held-out sequences of each length
+      num_sequences=512,
+      batch_size=64,
+      seed=1_000_003,          # held-out sequences of the synthetic sources
+  ))
+  c.optim.update(learning_rate=1e-3, warmup_steps=100, weight_decay=0.01)
+  if preset == "tiny":
+    c.model.update(width=32, depth=1, num_heads=2, max_len=16)
+    c.eval.update(lengths=(16,), num_sequences=64)
+    c.num_steps = 20
+    c.batch_size = 16
+    c.optim.warmup_steps = 5
+    c.log_every_steps = 5
+    c.eval_every_steps = 10
+    c.checkpoint.every_steps = 10
+    c.progress_bar = False
+  return c

@@ -46,13 +46,15 @@ def plot_curves(path: str, x, curves: dict, *, xlabel: str, ylabel: str, title: 
 
 
 def format_table(columns, rows: dict, *, first: str = "model") -> str:
-  """Rows {name: [values per column]} as a fixed-width text table."""
+  """Rows {name: [values per column]} as a fixed-width text table; numbers get 3 decimals,
+  strings are printed as they are."""
   names = [first, *[str(c) for c in columns]]
   width = max(len(first), *(len(r) for r in rows)) + 1
   col = max(8, *(len(c) + 1 for c in names[1:]))
   lines = [f"{names[0]:<{width}}" + "".join(f"{c:>{col}}" for c in names[1:])]
   for name, values in rows.items():
-    lines.append(f"{name:<{width}}" + "".join(f"{v:{col}.3f}" for v in values))
+    lines.append(f"{name:<{width}}" + "".join(
+        f"{v:>{col}}" if isinstance(v, str) else f"{v:{col}.3f}" for v in values))
   return "\n".join(lines)
 
 

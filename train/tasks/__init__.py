@@ -11,6 +11,7 @@ import flax.linen as nn
 from substrax.train.errors import ConfigError
 
 REGISTRY = {"icl": "substrax.train.tasks.icl", "lra": "substrax.train.tasks.lra",
+            "lm": "substrax.train.tasks.lm", "positions": "substrax.train.tasks.positions",
             "video": "substrax.train.tasks.video", "mesa": "substrax.train.tasks.mesa"}
 
 

@@ -1,0 +1,208 @@
+"""Autoregressive language modelling on sources whose optimal loss is known (data/lm.py).
+
+Sources (`data.source`): `markov` (k-th-order switching chain; floor = its entropy rate),
+`hmm` (a random hidden Markov model; floor = the Bayes loss by the forward algorithm on the
+held-out sequences), `text` (bytes of local .txt files) and `tfds` (tiny_shakespeare, lm1b);
+text has no known floor. The synthetic sources are sampled on device from parameters the
+trainer passes in as data; text windows are cut from the train stream on device.
+
+Every sequence has `data.length` + 1 tokens: position t predicts token t + 1, so the loss and
+the floors cover the `length` predicted tokens. Evaluation writes eval/lm.json (held-out loss in
+nats and bits per token and per character, at each of `eval.lengths`, beside the floor and the
+unigram loss) and eval/lm.png (held-out loss against the step, with both as lines).
+"""
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from matplotlib.figure import Figure
+
+from substrax.data import lm as lm_data
+from substrax.models.lm import LanguageModel
+from substrax.models.transformer import block_config
+from substrax.train import metrics
+from substrax.train.analysis import reporting
+from substrax.train.tasks import Task
+from substrax.train.validation import check_backbone, require
+
+SOURCES = ("markov", "hmm", "text", "tfds")
+# Schemes with a table over positions: a model evaluates only up to model.max_len.
+TABLES = ("learned", "sinusoidal", "urpe")
+
+
+def validate(config):
+  d, m, e = config.data, config.model, config.eval
+  require(d.source in SOURCES, "data.source",
+          f"unknown source {d.source!r}; choose one of {', '.join(SOURCES)}")
+  require(d.length >= 2, "data.length", f"must be at least 2, got {d.length}")
+  if d.source == "markov":
+    try:
+      lm_data.check_markov(d.order, d.p, d.q)
+    except ValueError as err:
+      require(False, "data.order/p/q", str(err))
+  elif d.source == "hmm":
+    require(d.states > 0 and d.symbols > 1, "data.states/symbols",
+            f"need states >= 1 and symbols >= 2, got {d.states}, {d.symbols}")
+    require(d.concentration > 0, "data.concentration",
+            f"must be positive, got {d.concentration}")
+  elif d.source == "text":
+    require(bool(d.path), "data.path", "is required for source 'text' (a .txt file or folder)")
+  else:
+    require(d.name in lm_data.TFDS_NAMES, "data.name",
+            f"unknown TFDS dataset {d.name!r}; choose one of {', '.join(lm_data.TFDS_NAMES)}")
+  check_backbone(m)
+  require(m.max_len >= d.length, "model.max_len",
+          f"must be at least data.length={d.length}, got {m.max_len}")
+  require(len(e.lengths) > 0 and all(n >= 2 for n in e.lengths), "eval.lengths",
+          f"must be lengths >= 2, got {tuple(e.lengths)}")
+  if m.positions in TABLES:
+    require(max(e.lengths) <= m.max_len, "eval.lengths",
+            f"{max(e.lengths)} exceeds model.max_len={m.max_len}, the longest sequence "
+            f"positions {m.positions!r} cover")
+  require(e.num_sequences > 0, "eval.num_sequences",
+          f"must be positive, got {e.num_sequences}")
+
+
+def load_source(config):
+  """(train_data for sample_batch, held-out sequence maker, source facts, floor of given
+  held-out tokens or None where no floor is known)."""
+  d, e = config.data, config.eval
+  if d.source == "markov":
+    source = lm_data.markov_source(d.order, d.p, d.q)
+    train = {"p": np.float32(d.p), "q": np.float32(d.q)}
+    heldout = lambda n, length: lm_data.markov_heldout(e.seed, n, length, d.order, d.p, d.q)
+    # The first order - 1 targets are i.i.d.: their floor is the unigram loss.
+    floor = lambda tokens: float(
+        lm_data.markov_position_loss(d.order, d.p, d.q, tokens.shape[1])[1:].mean())
+    return train, heldout, source, floor
+  if d.source == "hmm":
+    params = lm_data.hmm_params(d.seed, d.states, d.symbols, d.concentration)
+    train = {k: v.astype(np.float32) for k, v in params.items()}
+    heldout = lambda n, length: lm_data.hmm_heldout(e.seed, params, n, length)
+    floor = lambda tokens: float(lm_data.hmm_token_losses(params, tokens)[:, 1:].mean())
+    return train, heldout, lm_data.hmm_source(params, heldout(8, d.length + 1)), floor
+  corpus = (lm_data.load_text(d.path) if d.source == "text"
+            else lm_data.load_tfds(d.name, d.data_dir, d.max_records))
+
+  def heldout(n, length):
+    stream = corpus.heldout
+    count = min(n, len(stream) // length)
+    require(count > 0, "eval.lengths",
+            f"the held-out text has {len(stream)} bytes, fewer than one window of {length}")
+    return stream[:count * length].reshape(count, length).astype(np.int32)
+
+  return {"stream": corpus.train}, heldout, corpus.source, None
+
+
+def build(config) -> Task:
+  d, m, e = config.data, config.model, config.eval
+  train_data, heldout, source, floor_of = load_source(config)
+  model = LanguageModel(source.vocab_size, m.width, m.depth, m.max_len, block_config(m))
+  window = d.length + 1
+
+  def sample_batch(data, key, step):
+    del step  # the key already depends on the step
+    if d.source == "markov":
+      tokens = lm_data.sample_markov(key, config.batch_size, window, d.order, data["p"],
+                                     data["q"])
+    elif d.source == "hmm":
+      tokens = lm_data.sample_hmm(key, data, config.batch_size, window)
+    else:
+      tokens = lm_data.sample_windows(key, data["stream"], config.batch_size, d.length)
+    return {"tokens": tokens.astype(jnp.int32)}
+
+  def token_losses(params, tokens):
+    logits = model.apply({"params": params}, tokens[:, :-1])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
+
+  def loss_fn(params, model_state, batch, step):
+    del step
+    loss = jnp.mean(token_losses(params, batch["tokens"]))
+    return loss, ({}, model_state)
+
+  held_out = {"tokens": heldout(min(e.num_sequences, 256), window)}
+
+  def eval_step(params, model_state, data, step):
+    del model_state, step
+    return {"loss": jnp.mean(token_losses(params, data["tokens"]))}
+
+  losses = jax.jit(token_losses)
+
+  def evaluate(params, model_state, workdir, step):
+    del model_state
+    rows = []
+    for length in e.lengths:
+      tokens = heldout(e.num_sequences, length + 1)
+      loss = float(np.mean(np.concatenate([
+          np.asarray(losses(params, tokens[i:i + e.batch_size]))
+          for i in range(0, len(tokens), e.batch_size)])))
+      floor = floor_of(tokens) if floor_of else None
+      rows.append(_row(length, loss, floor, source))
+    payload = {"step": int(step), "source": d.source, "vocab_size": source.vocab_size,
+               "train_length": d.length, "positions": m.positions, "norm": m.norm,
+               "attention": m.attention.kind, "chars_per_token": source.chars_per_token,
+               "unigram_nats": source.unigram, "lengths": rows,
+               "curve": _curve(workdir)}
+    out = os.path.join(workdir, "eval")
+    reporting.write_json(os.path.join(out, "lm.json"), payload)
+    plot(os.path.join(out, "lm.png"), payload)
+    print_summary(payload)
+    return payload
+
+  return Task(model=model, init_inputs=(jnp.zeros((1, d.length), jnp.int32),),
+              train_data=train_data, sample_batch=sample_batch,
+              batch_axes={"tokens": ("batch", None)}, loss_fn=loss_fn, eval_data=held_out,
+              eval_step=eval_step, evaluate=evaluate)
+
+
+def _row(length, loss, floor, source) -> dict:
+  bits = loss / math.log(2)
+  row = {"length": length, "loss_nats": loss, "loss_bits_per_token": bits,
+         "loss_bits_per_char": bits / source.chars_per_token, "floor_nats": floor,
+         "unigram_nats": source.unigram}
+  if floor is not None:
+    row["excess_over_floor"] = loss / floor - 1.0
+    gap = source.unigram - floor
+    # 1: the floor reached; 0: no better than the symbol frequencies.
+    row["gap_closed"] = (source.unigram - loss) / gap if gap > 0 else None
+  return row
+
+
+def _curve(workdir) -> dict:
+  """The held-out loss eval_step logged at each evaluation, from metrics.jsonl."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  records = metrics.read_jsonl(path, "eval") if os.path.exists(path) else []
+  return {"step": [r["step"] for r in records], "loss": [r["loss"] for r in records]}
+
+
+def plot(path: str, r: dict):
+  fig = Figure(figsize=(6.4, 4.2), dpi=120)
+  ax = fig.subplots()
+  first = r["lengths"][0]
+  ax.plot(r["curve"]["step"], r["curve"]["loss"], "o-", lw=2, label="model, held out")
+  if first["floor_nats"] is not None:
+    ax.axhline(first["floor_nats"], color="k", ls="--", lw=1.2,
+               label=f"floor {first['floor_nats']:.3f}")
+  ax.axhline(r["unigram_nats"], color="grey", ls=":", lw=1.2,
+             label=f"unigram {r['unigram_nats']:.3f}")
+  ax.set(xlabel="step", ylabel="nats per token",
+         title=f"{r['source']} LM, length {r['train_length']}, {r['positions']}, {r['norm']}")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path)
+
+
+def print_summary(r: dict):
+  cols = ["loss nats", "bits/char", "floor", "unigram", "excess", "gap closed"]
+  fmt = lambda v, spec: "n/a" if v is None else format(v, spec)
+  rows = {f"L={x['length']}": [fmt(x["loss_nats"], ".4f"), fmt(x["loss_bits_per_char"], ".4f"),
+                               fmt(x["floor_nats"], ".4f"), fmt(x["unigram_nats"], ".4f"),
+                               fmt(x.get("excess_over_floor"), "+.2%"),
+                               fmt(x.get("gap_closed"), ".3f")] for x in r["lengths"]}
+  print(f"{r['source']} language model, step {r['step']} (held out):")
+  print(reporting.format_table(cols, rows, first="eval length"))
+
