@@ -4,6 +4,7 @@
   python benchmarks/attention.py --lengths=256,512,1024,2048 --batch=1 --heads=2
   python benchmarks/attention.py --series=softmax/pallas,softmax/cudnn,linear/pallas \
       --passes=fwd,bwd                                            # kernel TFLOP/s on a GPU
+  python benchmarks/attention.py --series=softmax/pallas --alibi  # ALiBi: flash vs dense bias
 
 Each point times `attend(kind, q, k, v, causal=..., impl=...)` (models/attention) on random
 [batch, L, heads, head_dim] inputs, jitted and compiled once, then, after a warm-up call, the
@@ -44,6 +45,7 @@ from matplotlib.figure import Figure
 
 from substrax.models import attention
 from substrax.models.kernels.linear import CHUNK
+from substrax.models.kernels.reference import alibi_slopes
 from substrax.train.analysis import reporting
 
 BASELINE = "softmax/xla"
@@ -66,10 +68,12 @@ flags.DEFINE_float("memory_budget_gb", None, "Skip points whose compiled memory 
                    "this (default: half the host RAM on CPU, 80% of the device memory else).")
 flags.DEFINE_float("time_budget_s", 60.0, "A (kind/impl, pass) series stops after a point "
                    "(compile and calls) that took longer.")
+flags.DEFINE_bool("alibi", False, "Softmax gets ALiBi biases: dense in softmax/xla, computed "
+                  "block by block inside softmax/pallas (models/positions.py).")
 flags.DEFINE_string("out", "runs/bench/attention.json", "JSON output; the PNG goes next to it.")
 FLAGS = flags.FLAGS
 OUR_FLAGS = ("lengths", "batch", "heads", "head_dim", "causal", "dtype", "series", "passes",
-             "reps", "memory_budget_gb", "time_budget_s", "out")
+             "alibi", "reps", "memory_budget_gb", "time_budget_s", "out")
 
 
 def default_series():
@@ -115,6 +119,8 @@ def make_inputs(length, dtype):
       "local": {"window": WINDOW},
       "combiner": {"summary_query": 0.1 * jax.random.normal(keys[6], shape[2:], jnp.float32)},
   }
+  if FLAGS.alibi:
+    extras["softmax"] = {"alibi_slopes": alibi_slopes(FLAGS.heads)}
   return (q, k, v, w), extras
 
 

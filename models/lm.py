@@ -4,7 +4,6 @@ The head is untied so that converting between norms (models/norm_conversion.py) 
 final norm's affine into it without touching the embedding.
 """
 import flax.linen as nn
-import jax.numpy as jnp
 
 from substrax.models.norms import centre
 from substrax.models.sharding import constrain, param_init
@@ -31,6 +30,7 @@ class LanguageModel(nn.Module):
     x = constrain(table[tokens].astype(self.block.dtype), "batch", "length", None)
     h = Transformer(self.width, self.depth, self.max_len, self.block, causal=self.causal,
                     name="backbone")(x, deterministic=deterministic)
-    return nn.Dense(self.vocab_size, dtype=jnp.float32, name="head",
+    # The final norm computes in float32 or wider; the head keeps that (float64 under x64).
+    return nn.Dense(self.vocab_size, name="head",
                     kernel_init=param_init(nn.initializers.normal(0.02), "embed", "vocab"),
                     bias_init=param_init(nn.initializers.zeros, "vocab"))(h)

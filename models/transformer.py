@@ -113,9 +113,8 @@ class Transformer(nn.Module):
                           param_init(nn.initializers.normal(0.02), "length", "embed"),
                           (self.max_len, stream))
                if scheme == "learned" else schemes.sinusoids(self.max_len, stream))
-      if self.block.zero_mean:
-        table = centre(table)
-      x = x + table[:length].astype(x.dtype)
+      table = table[:length].astype(x.dtype)
+      x = x + (centre(table) if self.block.zero_mean else table)
     x = constrain(x, "batch", "length", None)
     # GPT-2 scales the residual-branch output projections by 1/sqrt(2 * depth).
     out_init = nn.initializers.normal(0.02 / math.sqrt(2 * self.depth))

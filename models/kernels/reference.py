@@ -17,7 +17,8 @@ MASKED = -1e30
 
 def masked_softmax(logits, allowed):
   """Softmax over the last axis, in float32, of the logits where `allowed` (broadcast) holds."""
-  return jax.nn.softmax(jnp.where(allowed, logits.astype(jnp.float32), MASKED), axis=-1)
+  logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))   # float64 stays
+  return jax.nn.softmax(jnp.where(allowed, logits, MASKED), axis=-1)
 
 
 def alibi_slopes(num_heads):
