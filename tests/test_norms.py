@@ -93,6 +93,7 @@ def _check_conversions(params, tokens):
 def test_conversions_keep_the_logits():
   params, tokens = _init(), _tokens(1, BATCH, LENGTH)
   rms, crms = _check_conversions(params, tokens)
+  print(f"random init: max|logits LN - RMS| {rms:.1e}, LN - CRMS {crms:.1e}")   # pytest -s
   assert rms <= LOGIT_TOL and crms <= LOGIT_TOL, (rms, crms)
   # The RMS params are those of a zero_mean model too: centring them again changes nothing.
   again = _forward(_model("rmsnorm", zero_mean=True), norm_conversion.to_rms(params), tokens)
@@ -172,6 +173,7 @@ def test_conversions_of_a_trained_lm(ln_run):
   _, batches, (trained, losses) = ln_run
   assert losses[-20:].mean() < lm_data.hmm_unigram(HMM)   # it learned more than the marginal
   rms, crms = _check_conversions(trained, batches[0, :, :-1])
+  print(f"trained LM: max|logits LN - RMS| {rms:.1e}, LN - CRMS {crms:.1e}")
   assert rms <= LOGIT_TOL and crms <= LOGIT_TOL, (rms, crms)
 
 
@@ -182,6 +184,7 @@ def test_zero_mean_rms_trains_as_layernorm(ln_run):
   start, batches, (_, ln_losses) = ln_run
   _, rms_losses = _train(_model("rmsnorm", zero_mean=True), start, batches)
   gap = np.abs(ln_losses - rms_losses)
+  print(f"LN vs zero-mean RMS, {STEPS} AdamW steps: max loss gap {gap.max():.1e}")
   assert gap.max() <= LOSS_TOL, gap.max()
 
 
@@ -194,6 +197,7 @@ def test_projecting_after_each_step_is_not_equivalent(ln_run):
   _, losses = _train(_model("rmsnorm"), norm_conversion.centre_writers(start), batches,
                      project=norm_conversion.centre_writers)
   gap = np.abs(ln_losses - losses)
+  print(f"projected after each step: loss gap {gap[-1]:.1e} at step {STEPS}, max {gap.max():.1e}")
   assert gap[0] <= LOSS_TOL
   assert gap[-1] >= 1e-4 and gap.max() >= 1e-3, (gap[-1], gap.max())
 
