@@ -151,4 +151,12 @@ def lm_base(preset: str) -> ml_collections.ConfigDict:
     c.eval_every_steps = 10
     c.checkpoint.every_steps = 10
     c.progress_bar = False
+  elif preset in ("gpu", "pod"):   # sequences of 256 tokens unless a config says otherwise
+    c.model.update(width=256, depth=6, num_heads=8, max_len=256)
+    c.eval.lengths = (256,)
+    c.batch_size = 256 if preset == "gpu" else 1024
+    c.num_steps = 10_000
+    c.log_every_steps = 200
+    c.eval_every_steps = 1000
+    c.checkpoint.every_steps = 2000
   return c

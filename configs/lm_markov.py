@@ -32,11 +32,5 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
     c.checkpoint.every_steps = 600
   else:
     c.data.length = 256
-    c.model.update(width=256, depth=6, num_heads=8, max_len=256)
-    c.eval.lengths = (256,)
-    c.batch_size = 256 if preset == "gpu" else 1024
     c.num_steps = 5000
-    c.log_every_steps = 200
-    c.eval_every_steps = 1000
-    c.checkpoint.every_steps = 1000
   return c

@@ -40,11 +40,8 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
     c.checkpoint.every_steps = 1000
   else:
     c.data.length = 512
-    c.model.update(width=512, depth=8, num_heads=8, max_len=512)
+    c.model.update(width=512, depth=8, max_len=512)
     c.eval.lengths = (512,)
     c.batch_size = 128 if preset == "gpu" else 512
     c.num_steps = 20_000
-    c.log_every_steps = 200
-    c.eval_every_steps = 2000
-    c.checkpoint.every_steps = 2000
   return c

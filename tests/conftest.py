@@ -209,3 +209,16 @@ def video_tfds_dir(tmp_path_factory):
   finally:
     feature.tf = saved
   return str(path)
+
+
+@pytest.fixture(scope="module")
+def float64():
+  """jax_enable_x64 for one module (`pytestmark = pytest.mark.usefixtures("float64")`), then
+  back to float32 for the rest of the suite."""
+  import jax
+  previous = jax.config.read("jax_enable_x64")
+  jax.config.update("jax_enable_x64", True)
+  try:
+    yield
+  finally:
+    jax.config.update("jax_enable_x64", previous)

@@ -25,15 +25,7 @@ BATCH, LENGTH, STEPS = 8, 32, 200
 LOGIT_TOL, LOSS_TOL = 1e-10, 1e-8
 
 
-@pytest.fixture(scope="module", autouse=True)
-def float64():
-  """x64 for this module only."""
-  previous = jax.config.read("jax_enable_x64")
-  jax.config.update("jax_enable_x64", True)
-  try:
-    yield
-  finally:
-    jax.config.update("jax_enable_x64", previous)
+pytestmark = pytest.mark.usefixtures("float64")   # conftest: x64 for this module
 
 
 def _model(norm, zero_mean=False, positions="learned"):

@@ -38,15 +38,7 @@ EXACT, APART = 1e-6, 1e-2   # the same output at every position / positions told
 BLIND = ("none", "rope", "alibi", "rpe")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def float64():
-  """x64 for this module only."""
-  previous = jax.config.read("jax_enable_x64")
-  jax.config.update("jax_enable_x64", True)
-  try:
-    yield
-  finally:
-    jax.config.update("jax_enable_x64", previous)
+pytestmark = pytest.mark.usefixtures("float64")   # conftest: x64 for this module
 
 
 def _model(positions, causal):

@@ -69,10 +69,10 @@ def check_backbone(m, key: str = "model"):
   require(m.mlp_ratio > 0, f"{key}.mlp_ratio", f"must be positive, got {m.mlp_ratio}")
   require(m.norm in norms.NORMS, f"{key}.norm",
           f"unknown norm {m.norm!r}; choose one of {', '.join(norms.NORMS)}")
-  check_positions(m, key)
   require(m.dtype in DTYPES, f"{key}.dtype",
           f"unknown dtype {m.dtype!r}; choose one of {DTYPES}")
   check_attention(m.attention, f"{key}.attention")
+  check_positions(m, key)   # after the attention block: it checks the pair
 
 
 def check_positions(m, key: str = "model"):
