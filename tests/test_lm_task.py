@@ -4,10 +4,16 @@ import json
 import math
 import os
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from conftest import cli
 from substrax.configs import lm_hmm, lm_text
+from substrax.models import attention
+from substrax.models.lm import LanguageModel
+from substrax.models.transformer import BlockConfig
 from substrax.train import trainer
 from substrax.train.errors import ConfigError
 from substrax.train.metrics import read_jsonl
@@ -103,3 +109,17 @@ def test_relative_positions_evaluate_beyond_the_training_length():
   config.data.path = None
   with pytest.raises(ConfigError, match="^data.path: "):
     trainer.validate(config)
+
+
+@pytest.mark.parametrize("kind", attention.KINDS)
+def test_every_causal_kind_is_a_language_model(kind):
+  """Position t's logits do not depend on later tokens, for every attention kind."""
+  model = LanguageModel(16, 32, 1, 12, BlockConfig(num_heads=2, attention={
+      "kind": kind, "impl": "auto", "window": 4, "num_features": 16, "low_rank": 4}))
+  tokens = jax.random.randint(jax.random.key(0), (2, 12), 0, 16)
+  params = model.init(jax.random.key(1), tokens)
+  logits = model.apply(params, tokens)
+  changed = model.apply(params, tokens.at[:, 8:].set((tokens[:, 8:] + 1) % 16))
+  assert np.isfinite(np.asarray(logits)).all()
+  np.testing.assert_allclose(changed[:, :8], logits[:, :8], atol=1e-5)
+  assert float(jnp.abs(changed[:, 8:] - logits[:, 8:]).max()) > 1e-4
