@@ -34,6 +34,7 @@ import platform
 import time
 
 from absl import app, flags
+from matplotlib.figure import Figure
 
 import study
 from substrax.models import positions
@@ -108,8 +109,30 @@ def main(argv):
   os.makedirs(FLAGS.out, exist_ok=True)
   with open(os.path.join(FLAGS.out, "length_extrapolation.json"), "w") as f:
     json.dump(result, f, indent=1)
+  plot(result, os.path.join(FLAGS.out, "length_extrapolation.png"))
   print(f"\nstudy wall {result['wall_s'] / 60:.1f} min; wrote "
-        f"{FLAGS.out}/length_extrapolation.json")
+        f"{FLAGS.out}/length_extrapolation.{{json,png}}")
+
+
+def plot(result: dict, path: str):
+  """Held-out loss against the evaluation length, one line per scheme, with the floor."""
+  t = result["table"]
+  fig = Figure(figsize=(6.4, 4.2), dpi=120)
+  ax = fig.subplots()
+  for s, losses in t["loss_nats"].items():
+    ax.plot(t["lengths"], losses, "o-", label=s)
+  ax.plot(t["lengths"], [t["floor_nats"][str(n)] for n in t["lengths"]], "k--",
+          label="Bayes floor")
+  unigram = next(iter(result["runs"].values())).get("unigram_nats")
+  if unigram:
+    ax.axhline(unigram, color="grey", ls=":", label="unigram")
+  ax.set(xlabel="evaluation length (trained at the first)",
+         ylabel="held-out nats per token", title="HMM language model: length extrapolation")
+  ax.set_xticks(t["lengths"], [str(n) for n in t["lengths"]])
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path)
 
 
 def table(result: dict, lengths):

@@ -153,6 +153,11 @@ def _guard(fn):
                                       "checkpoint"))
     if not FLAGS.verbose:
       _quiet_libraries()
+    # A stop that Python dropped inside a GC callback is delivered again (errors.stop); its
+    # "Exception ignored" traceback says nothing the user needs.
+    unraisable = sys.unraisablehook
+    sys.unraisablehook = lambda a: (None if isinstance(a.exc_value, Stopped)
+                                    else unraisable(a))
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
     try:
