@@ -8,7 +8,8 @@ CRMSNorm reads the n = d - 1 free coordinates of a zero-mean d-vector (its last 
 minus the sum of the others), so CRMS(x) is the RMS of that d-vector. If 1^T x = 0 then
 LN(x) = RMS(x), eps included: a residual stream kept zero-mean makes the three interchangeable
 (models/norm_conversion.py). Each applies a scale and a bias, RMSNorm and CRMSNorm too, so that
-an LN model's parameters map one to one onto the RMS model that trains identically.
+an LN model's parameters map one to one onto the RMS model that trains identically. LayerNorm
+is Flax's (`make_norm`).
 
 `CentredDense` is the zero-mean-output layer: it stores the raw kernel K and bias b and applies
 K - mean_out(K) and b - mean(b). Every output is zero-mean, and because the model depends on K
@@ -29,29 +30,19 @@ def centre(x, axis=-1):
   return x - jnp.mean(x, axis=axis, keepdims=True)
 
 
-def _shift_and_inverse(kind: str, x, eps: float):
-  """(shift, inv) with norm(x) = (x - shift) * inv."""
+def make_norm(kind: str, name: str):
+  """The norm module of a backbone: Flax's nn.LayerNorm for 'layernorm' (trained runs stay bit
+  for bit what they were: a re-derived LayerNorm has the same forward values but a gradient
+  that differs in rounding), Norm otherwise. Each has a scale and a bias."""
   if kind == "layernorm":
-    # Flax's LayerNorm formula (var = E[x^2] - E[x]^2), so models trained with it are unchanged.
-    mean = jnp.mean(x, axis=-1, keepdims=True)
-    var = jnp.maximum(jnp.mean(x * x, axis=-1, keepdims=True) - mean * mean, 0.0)
-    return mean, jax.lax.rsqrt(var + eps)
-  if kind == "rmsnorm":
-    return 0.0, jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps)
-  if kind == "crmsnorm":
-    square = jnp.sum(x * x, axis=-1, keepdims=True) + jnp.sum(x, axis=-1, keepdims=True) ** 2
-    return 0.0, jax.lax.rsqrt(square / (x.shape[-1] + 1) + eps)
-  raise ValueError(f"unknown norm {kind!r}; choose one of {', '.join(NORMS)}")
-
-
-def normalise(kind: str, x, eps: float = EPS):
-  """The norm without its affine."""
-  shift, inv = _shift_and_inverse(kind, x, eps)
-  return (x - shift) * inv
+    return nn.LayerNorm(epsilon=EPS, name=name,
+                        scale_init=param_init(nn.initializers.ones, "embed"),
+                        bias_init=param_init(nn.initializers.zeros, "embed"))
+  return Norm(kind, name=name)
 
 
 class Norm(nn.Module):
-  """normalise(kind, x) * scale + bias, computed in float32 (float64 under jax_enable_x64)."""
+  """RMSNorm or CRMSNorm: x * inv * scale + bias, computed in float32 (float64 under x64)."""
   kind: str
 
   @nn.compact
@@ -60,8 +51,14 @@ class Norm(nn.Module):
     scale = self.param("scale", param_init(nn.initializers.ones, "embed"), (width,))
     bias = self.param("bias", param_init(nn.initializers.zeros, "embed"), (width,))
     x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-    shift, inv = _shift_and_inverse(self.kind, x, EPS)
-    return (x - shift) * (inv * scale) + bias   # Flax's order of operations
+    if self.kind == "rmsnorm":
+      square = jnp.mean(x * x, axis=-1, keepdims=True)
+    elif self.kind == "crmsnorm":   # the mean square of the implied d-vector (x, -sum x)
+      square = (jnp.sum(x * x, axis=-1, keepdims=True)
+                + jnp.sum(x, axis=-1, keepdims=True) ** 2) / (width + 1)
+    else:
+      raise ValueError(f"unknown norm {self.kind!r}; choose one of {', '.join(NORMS)}")
+    return x * (jax.lax.rsqrt(square + EPS) * scale) + bias
 
 
 class CentredDense(nn.Module):

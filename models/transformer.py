@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from substrax.models import positions as schemes
 from substrax.models.attention import Attention, layer_kwargs
-from substrax.models.norms import CentredDense, Norm, centre
+from substrax.models.norms import CentredDense, centre, make_norm
 from substrax.models.sharding import constrain, param_init
 
 
@@ -80,13 +80,13 @@ class Block(nn.Module):
   def __call__(self, x, mask=None, segment_ids=None, deterministic=True):
     c = self.config
     drop = nn.Dropout(c.dropout, deterministic=deterministic or c.dropout == 0)
-    h = Norm(c.norm, name="norm_attn")(x).astype(c.dtype)
+    h = make_norm(c.norm, "norm_attn")(x).astype(c.dtype)
     attn = Attention(c.num_heads, causal=self.causal, max_len=self.max_len, dtype=c.dtype,
                      positions=c.positions, head_dim=self.width // c.num_heads,
                      centre_out=c.zero_mean, out_init=self.out_init, name="attn",
                      **dict(c.attention or {}))
     x = x + drop(attn(h, mask, segment_ids))
-    h = Norm(c.norm, name="norm_mlp")(x).astype(c.dtype)
+    h = make_norm(c.norm, "norm_mlp")(x).astype(c.dtype)
     x = x + drop(MLP(c.mlp_ratio * self.width, c.dtype, self.out_init, c.zero_mean,
                      name="mlp")(h))
     return constrain(x, "batch", "length", None)
@@ -122,4 +122,4 @@ class Transformer(nn.Module):
       block = Block(self.block, self.width, self.causal, self.max_len, out_init,
                     name=f"block_{i}")
       x = block(x, mask, segment_ids, deterministic)
-    return Norm(self.block.norm, name="norm_final")(x)
+    return make_norm(self.block.norm, "norm_final")(x)
