@@ -55,6 +55,7 @@ setup(
             "substrax-train=substrax.train.main:run_train",
             "substrax-eval=substrax.train.main:run_eval",
             "substrax-inspect=substrax.train.main:run_inspect",
+            "substrax-extract=substrax.train.main:run_extract",
         ]
     },
 )

@@ -81,6 +81,17 @@ def attention_config(kind: str = "softmax") -> ml_collections.ConfigDict:
   ))
 
 
+def mlp_config() -> ml_collections.ConfigDict:
+  """model.mlp: nested widths (MatFormer), per-layer widths, experts (EMoE); models/transformer
+  MLP and train/matformer.py."""
+  return ml_collections.ConfigDict(dict(
+      granularities=(),  # MatFormer: e.g. (8, 4, 2, 1) trains widths d_ff/8 ... d_ff, nested
+      hidden=(),         # hidden units per layer (an extracted submodel); () = mlp_ratio * width
+      experts=0,         # EMoE: the hidden units in this many experts; 0 = a dense MLP
+      top_k=0,           # EMoE: experts each token uses (top_k = experts is the dense MLP)
+  ))
+
+
 def check_preset(preset: str) -> str:
   if preset not in PRESETS:
     raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -133,6 +144,7 @@ def lm_base(preset: str) -> ml_collections.ConfigDict:
       max_len=64,              # positions a learned/sinusoidal/URPE table covers
       dtype="float32",
       attention=attention_config(),
+      mlp=mlp_config(),
   ))
   c.eval = ml_collections.ConfigDict(dict(
       lengths=(64,),           # evaluate() scores held-out sequences of each length

@@ -49,6 +49,7 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
       norm="layernorm",  # or "rmsnorm"
       dtype="float32",   # compute dtype; parameters stay float32
       attention=common.attention_config(),
+      mlp=common.mlp_config(),
   ))
 
   c.eval = ml_collections.ConfigDict(dict(

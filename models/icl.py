@@ -65,22 +65,22 @@ class ICLTransformer(nn.Module):
                              kernel_init=param_init(init, "embed", None),
                              bias_init=param_init(nn.initializers.zeros, None))
 
-  def _outputs(self, xs, ys):
-    h = self.backbone(self.read_in(encode(xs, ys, self.encoding)))
+  def _outputs(self, xs, ys, units):
+    h = self.backbone(self.read_in(encode(xs, ys, self.encoding)), units=units)
     return self.read_out(h[:, ::2])
 
-  def __call__(self, xs, ys):
-    """Predictions [B, n] (the predictive mean)."""
-    return self._outputs(xs, ys)[..., 0]
+  def __call__(self, xs, ys, units=None):
+    """Predictions [B, n] (the predictive mean). `units`: each layer's MLP units (MatFormer)."""
+    return self._outputs(xs, ys, units)[..., 0]
 
-  def distribution(self, xs, ys):
+  def distribution(self, xs, ys, units=None):
     """(mean, variance) [B, n] each; the variance head is softplus, floored at 1e-4."""
-    out = self._outputs(xs, ys)
+    out = self._outputs(xs, ys, units)
     return out[..., 0], jax.nn.softplus(out[..., 1]) + 1e-4
 
-  def predict_last(self, xs, ys):
+  def predict_last(self, xs, ys, units=None):
     """[B] predictions of y_n from the first n - 1 pairs."""
-    return self(xs, ys)[:, -1]
+    return self(xs, ys, units)[:, -1]
 
 
 class LSA(nn.Module):

@@ -19,9 +19,9 @@ class LanguageModel(nn.Module):
   causal: bool = True
 
   @nn.compact
-  def __call__(self, tokens, deterministic=True):
+  def __call__(self, tokens, deterministic=True, units=None):
     """tokens int [batch, length] -> logits [batch, length, vocab] in float32; with causal
-    attention, position t predicts token t + 1."""
+    attention, position t predicts token t + 1. `units`: each layer's MLP units (MatFormer)."""
     stream = residual_width(self.width, self.block.norm)
     table = self.param("embed", param_init(nn.initializers.normal(0.02), "vocab", "embed"),
                        (self.vocab_size, stream))
@@ -29,7 +29,7 @@ class LanguageModel(nn.Module):
       table = centre(table)
     x = constrain(table[tokens].astype(self.block.dtype), "batch", "length", None)
     h = Transformer(self.width, self.depth, self.max_len, self.block, causal=self.causal,
-                    name="backbone")(x, deterministic=deterministic)
+                    name="backbone")(x, deterministic=deterministic, units=units)
     # The final norm computes in float32 or wider; the head keeps that (float64 under x64).
     return nn.Dense(self.vocab_size, name="head",
                     kernel_init=param_init(nn.initializers.normal(0.02), "embed", "vocab"),

@@ -11,9 +11,10 @@ LN(x) = RMS(x), eps included: a residual stream kept zero-mean makes the three i
 an LN model's parameters map one to one onto the RMS model that trains identically. LayerNorm
 is Flax's (`make_norm`).
 
-`CentredDense` is the zero-mean-output layer: it stores the raw kernel K and bias b and applies
-K - mean_out(K) and b - mean(b). Every output is zero-mean, and because the model depends on K
-only through that projection, its gradients, and so Adam's steps, match an LN model with raw K.
+A zero-mean writer (the attention output and MLP projections under `zero_mean`) stores the raw
+kernel K and bias b and applies K - mean_out(K) and b - mean(b) (`centre`). Every output is
+zero-mean, and because the model depends on K only through that projection, its gradients, and
+so Adam's steps, match an LN model with raw K.
 """
 import flax.linen as nn
 import jax
@@ -59,18 +60,3 @@ class Norm(nn.Module):
     else:
       raise ValueError(f"unknown norm {self.kind!r}; choose one of {', '.join(NORMS)}")
     return x * (jax.lax.rsqrt(square + EPS) * scale) + bias
-
-
-class CentredDense(nn.Module):
-  """Dense layer whose outputs are zero-mean (see the module docstring); the same parameter
-  names and shapes as nn.Dense, so one parameter tree serves both."""
-  features: int
-  dtype: jnp.dtype = jnp.float32
-  kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
-  bias_init: nn.initializers.Initializer = nn.initializers.zeros
-
-  @nn.compact
-  def __call__(self, x):
-    kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
-    bias = self.param("bias", self.bias_init, (self.features,))
-    return x @ centre(kernel).astype(self.dtype) + centre(bias).astype(self.dtype)

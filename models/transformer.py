@@ -10,11 +10,12 @@ import math
 from typing import Any, Mapping
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from substrax.models import positions as schemes
 from substrax.models.attention import Attention, layer_kwargs
-from substrax.models.norms import CentredDense, centre, make_norm
+from substrax.models.norms import centre, make_norm
 from substrax.models.sharding import constrain, param_init
 
 
@@ -34,6 +35,15 @@ class BlockConfig:
   attention: Mapping[str, Any] | None = None
   dropout: float = 0.0   # on each residual branch; active only when deterministic=False
   dtype: Any = jnp.float32   # compute dtype; parameters and norms stay float32
+  # Hidden units of each layer's MLP, e.g. a submodel extracted from a MatFormer; () gives
+  # every layer mlp_ratio * width.
+  mlp_hidden: tuple[int, ...] = ()
+  experts: int = 0   # EMoE: the MLP's units in this many experts (0: dense); see MLP
+  top_k: int = 0     # EMoE: experts each token uses
+
+  def hidden(self, width: int, depth: int) -> tuple[int, ...]:
+    """Each layer's MLP hidden units."""
+    return tuple(self.mlp_hidden) or (self.mlp_ratio * width,) * depth
 
 
 def block_config(m) -> BlockConfig:
@@ -43,7 +53,20 @@ def block_config(m) -> BlockConfig:
                      positions=m.get("positions", "learned"),
                      zero_mean=m.get("zero_mean", False),
                      attention=layer_kwargs(m.attention), dropout=m.get("dropout", 0.0),
-                     dtype=jnp.dtype(m.dtype))
+                     dtype=jnp.dtype(m.dtype), **mlp_fields(m))
+
+
+def mlp_fields(m) -> dict:
+  """BlockConfig's MLP fields from a config's model.mlp block (configs.common.mlp_config)."""
+  mlp = m.get("mlp")
+  if mlp is None:
+    return {}
+  return dict(mlp_hidden=tuple(mlp.hidden), experts=mlp.experts, top_k=mlp.top_k)
+
+
+def granularity_units(block: BlockConfig, width: int, depth: int, factors) -> tuple[int, ...]:
+  """Each layer's MLP units under per-layer MatFormer factors (1 = every unit, 8 = an eighth)."""
+  return tuple(h // f for h, f in zip(block.hidden(width, depth), factors))
 
 
 def residual_width(width: int, norm: str) -> int:
@@ -51,22 +74,77 @@ def residual_width(width: int, norm: str) -> int:
   return width - 1 if norm == "crmsnorm" else width
 
 
+class Weights(nn.Module):
+  """A dense layer's kernel and bias under nn.Dense's names, shapes and initialisers, returned
+  whole so that the MLP can use a prefix of them."""
+  shape: tuple[int, int]
+  kernel_init: nn.initializers.Initializer
+  bias_init: nn.initializers.Initializer
+
+  @nn.compact
+  def __call__(self):
+    return (self.param("kernel", self.kernel_init, self.shape),
+            self.param("bias", self.bias_init, self.shape[-1:]))
+
+
+def dense(x, kernel, bias, dtype):
+  """nn.Dense's computation, op for op, so models compute what they did with nn.Dense."""
+  x, kernel, bias = x.astype(dtype), kernel.astype(dtype), bias.astype(dtype)
+  y = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+  return y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
+
+
 class MLP(nn.Module):
+  """GELU FFN whose hidden units are nested (MatFormer, Devvrit et al. 2023): a call with
+  `units` < hidden runs the first `units` of them, the slices W1[:, :units], b1[:units] and
+  W2[:units], exactly the full FFN with the other units' activations masked to zero.
+
+  With `experts` > 0 (EMoE, Qiu et al. 2023) the hidden units form that many experts, each a
+  fixed group of units, and a token keeps only the units of the `top_k` experts whose gate
+  vector scores its input highest: W2 (m(x) * gelu(W1 x + b1)) + b2, m(x) masking every other
+  unit. The groups and gate vectors are the 'emoe' collection (not parameters, so fine-tuning
+  leaves them fixed): a fresh model groups contiguous units, models/emoe.py sets k-means groups
+  from a trained W1. With top_k = experts it is the dense FFN.
+  """
   hidden: int
   dtype: jnp.dtype
   out_init: nn.initializers.Initializer
   zero_mean: bool = False
+  experts: int = 0
+  top_k: int = 0
 
   @nn.compact
-  def __call__(self, x):
-    width = x.shape[-1]
-    h = nn.Dense(self.hidden, dtype=self.dtype, name="fc",
-                 kernel_init=param_init(nn.initializers.normal(0.02), "embed", "mlp"),
-                 bias_init=param_init(nn.initializers.zeros, "mlp"))(x)
-    h = constrain(nn.gelu(h), "batch", "length", "mlp")
-    return (CentredDense if self.zero_mean else nn.Dense)(
-        width, dtype=self.dtype, name="proj", kernel_init=param_init(self.out_init, "mlp", "embed"),
-                    bias_init=param_init(nn.initializers.zeros, "embed"))(h)
+  def __call__(self, x, units=None):
+    width, units = x.shape[-1], units or self.hidden
+    w1, b1 = Weights((width, self.hidden), param_init(nn.initializers.normal(0.02), "embed", "mlp"),
+                     param_init(nn.initializers.zeros, "mlp"), name="fc")()
+    w2, b2 = Weights((self.hidden, width), param_init(self.out_init, "mlp", "embed"),
+                     param_init(nn.initializers.zeros, "embed"), name="proj")()
+    if units < self.hidden:
+      w1, b1, w2 = w1[:, :units], b1[:units], w2[:units]
+    if self.zero_mean:   # Pre-RMSNorm: the branch writes its zero-mean projection
+      w2, b2 = centre(w2), centre(b2)
+    h = nn.gelu(dense(x, w1, b1, self.dtype))
+    if self.experts:
+      h = h * self._expert_mask(x, w1)[..., :units].astype(h.dtype)
+    h = constrain(h, "batch", "length", "mlp")
+    return dense(h, w2, b2, self.dtype)
+
+  def _expert_mask(self, x, w1):
+    """[..., hidden] 1 for the units of each token's top_k experts."""
+    size = self.hidden // self.experts
+    group = self.variable("emoe", "group", lambda: jnp.arange(self.hidden) // size).value
+    gate = self.variable("emoe", "gate", lambda: mean_keys(w1, group, self.experts)).value
+    _, chosen = jax.lax.top_k(x.astype(jnp.float32) @ gate.T, self.top_k)
+    keep = jax.nn.one_hot(chosen, self.experts, dtype=jnp.float32).sum(-2)   # [..., experts]
+    return keep[..., group]
+
+
+def mean_keys(w1, group, experts):
+  """[experts, width]: each expert's mean raw key (the columns of W1 [width, hidden] that its
+  units read with), EMoE's gate vector."""
+  onehot = jax.nn.one_hot(group, experts, dtype=jnp.float32)          # [hidden, experts]
+  return (w1.astype(jnp.float32) @ onehot / onehot.sum(0)).T
 
 
 class Block(nn.Module):
@@ -75,9 +153,10 @@ class Block(nn.Module):
   causal: bool
   max_len: int
   out_init: nn.initializers.Initializer
+  hidden: int   # MLP hidden units
 
   @nn.compact
-  def __call__(self, x, mask=None, segment_ids=None, deterministic=True):
+  def __call__(self, x, mask=None, segment_ids=None, deterministic=True, units=None):
     c = self.config
     drop = nn.Dropout(c.dropout, deterministic=deterministic or c.dropout == 0)
     h = make_norm(c.norm, "norm_attn")(x).astype(c.dtype)
@@ -87,8 +166,8 @@ class Block(nn.Module):
                      **dict(c.attention or {}))
     x = x + drop(attn(h, mask, segment_ids))
     h = make_norm(c.norm, "norm_mlp")(x).astype(c.dtype)
-    x = x + drop(MLP(c.mlp_ratio * self.width, c.dtype, self.out_init, c.zero_mean,
-                     name="mlp")(h))
+    x = x + drop(MLP(self.hidden, c.dtype, self.out_init, c.zero_mean, c.experts, c.top_k,
+                     name="mlp")(h, units))
     return constrain(x, "batch", "length", None)
 
 
@@ -100,10 +179,11 @@ class Transformer(nn.Module):
   causal: bool = True
 
   @nn.compact
-  def __call__(self, x, mask=None, segment_ids=None, deterministic=True):
+  def __call__(self, x, mask=None, segment_ids=None, deterministic=True, units=None):
     """x [batch, length, residual_width(width, norm)]; optional mask [batch, length] (True for
-    real tokens) and segment_ids [batch, length] (softmax attention only). Dropout draws from
-    the 'dropout' RNG."""
+    real tokens) and segment_ids [batch, length] (softmax attention only); `units`, per layer,
+    runs each MLP on a prefix of its hidden units (MatFormer; `granularity_units`). Dropout
+    draws from the 'dropout' RNG."""
     length, stream = x.shape[1], x.shape[-1]
     scheme = self.block.positions
     if scheme in ("learned", "sinusoidal"):
@@ -118,8 +198,9 @@ class Transformer(nn.Module):
     x = constrain(x, "batch", "length", None)
     # GPT-2 scales the residual-branch output projections by 1/sqrt(2 * depth).
     out_init = nn.initializers.normal(0.02 / math.sqrt(2 * self.depth))
+    hidden = self.block.hidden(self.width, self.depth)
     for i in range(self.depth):
-      block = Block(self.block, self.width, self.causal, self.max_len, out_init,
+      block = Block(self.block, self.width, self.causal, self.max_len, out_init, hidden[i],
                     name=f"block_{i}")
-      x = block(x, mask, segment_ids, deterministic)
+      x = block(x, mask, segment_ids, deterministic, None if units is None else units[i])
     return make_norm(self.block.norm, "norm_final")(x)

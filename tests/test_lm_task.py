@@ -21,9 +21,11 @@ from substrax.train.metrics import read_jsonl
 
 @pytest.fixture(scope="module")
 def hmm_run(tmp_path_factory):
+  """A tiny MatFormer (nested MLP widths d_ff/4, d_ff/2, d_ff) with RoPE."""
   workdir = str(tmp_path_factory.mktemp("lm") / "run")
   run = cli("substrax-train", "--config=lm_hmm:tiny", f"--workdir={workdir}",
-            "--config.eval.lengths=(16,32)", "--config.model.positions=rope")
+            "--config.eval.lengths=(16,32)", "--config.model.positions=rope",
+            "--config.model.mlp.granularities=(4,2,1)")
   assert run.returncode == 0, run.stderr
   return workdir, run
 
@@ -44,6 +46,35 @@ def test_hmm_report_puts_the_bayes_loss_beside_the_model(hmm_run):
   assert report["curve"] == {"step": [10, 20], "loss": [r["loss"] for r in logged]}
   assert os.path.getsize(os.path.join(workdir, "eval", "lm.png")) > 10_000
   assert "hmm language model" in run.stdout and "L=32" in run.stdout
+
+
+def test_a_matformer_sums_its_granularities_and_its_submodels_extract(hmm_run, tmp_path):
+  workdir, run = hmm_run
+  train = read_jsonl(os.path.join(workdir, "metrics.jsonl"), "train")[-1]
+  assert train["loss"] == pytest.approx(train["loss_g4"] + train["loss_g2"] + train["loss_g1"])
+  row = json.load(open(os.path.join(workdir, "eval", "lm.json")))["lengths"][0]
+  assert row["granularities"]["1"] == row["loss_nats"]
+  assert "MatFormer granularities at L=16" in run.stdout
+  args = ["--config=lm_hmm:tiny", "--config.model.positions=rope",
+          "--config.model.mlp.granularities=(4,2,1)", f"--workdir={workdir}"]
+  out = str(tmp_path / "sub")
+  extracted = cli("substrax-extract", *args, "--granularity=4", f"--out={out}")
+  assert extracted.returncode == 0, extracted.stderr
+  assert "model.mlp.hidden=(32,)" in extracted.stdout
+  # The ordinary config runs it: a dense model of 32 units, whose loss is the granularity's.
+  evaluated = cli("substrax-eval", "--config=lm_hmm:tiny", "--config.eval.lengths=(16,32)",
+                  "--config.model.positions=rope", "--config.model.mlp.hidden=(32,)",
+                  f"--workdir={out}")
+  assert evaluated.returncode == 0, evaluated.stderr
+  sub = json.load(open(os.path.join(out, "eval", "lm.json")))["lengths"][0]
+  assert sub["loss_nats"] == pytest.approx(row["granularities"]["4"], abs=1e-5)
+  for bad, message in (("--granularity=3", "--granularity: needs one factor per layer"),
+                       ("--granularity=x", "--granularity: needs integers")):
+    again = cli("substrax-extract", *args, bad, f"--out={tmp_path / 'other'}")
+    assert again.returncode == 2 and again.stderr.strip().splitlines() == [
+        next(line for line in again.stderr.splitlines() if message in line)], again.stderr
+  taken = cli("substrax-extract", *args, "--granularity=2", f"--out={out}")
+  assert taken.returncode == 2 and "already holds a run" in taken.stderr
 
 
 def test_markov_and_text_sources_train(tmp_path):

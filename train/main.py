@@ -1,6 +1,7 @@
-"""Command-line entry points: substrax-train, substrax-eval, substrax-inspect.
+"""Command-line entry points: substrax-train, substrax-eval, substrax-inspect, substrax-extract.
 
   substrax-train --config=icl_linear:cpu --workdir=runs/icl [--config.a.b=value ...]
+  substrax-extract --config=... --workdir=RUN --granularity=8,1 --out=NEW_RUN   # MatFormer
 
 `--config` takes a config file (`configs/icl_linear.py:cpu`) or the name of one installed with
 the package (`icl_linear:cpu`), so the commands work from any directory. Exit statuses are in
@@ -25,6 +26,9 @@ config_flags.DEFINE_config_file("config", None, "Experiment config: a file or an
 flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, eval outputs.")
 flags.DEFINE_bool("json", False, "substrax-inspect: print JSON instead of a table.")
 flags.DEFINE_bool("verbose", False, "Show tracebacks and library logs on exits by design.")
+flags.DEFINE_list("granularity", None, "substrax-extract: one MatFormer factor per layer, e.g. "
+                  "8,1 (d_ff/8 units in layer 0, all of them in layer 1).")
+flags.DEFINE_string("out", None, "substrax-extract: the new run directory.")
 
 PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(PACKAGE, "configs")
@@ -193,6 +197,23 @@ def _inspect():
   print(json.dumps(report, indent=1) if FLAGS.json else trainer.format_inspect(report))
 
 
+def _extract():
+  from substrax.train import matformer
+  from substrax.train.errors import ConfigError
+  if not FLAGS.granularity or not FLAGS.out:
+    raise ConfigError("--granularity and --out are required, e.g. --granularity=8,1 "
+                      "--out=runs/submodel")
+  try:
+    choice = tuple(int(f) for f in FLAGS.granularity)
+  except ValueError:
+    raise ConfigError(f"--granularity: needs integers, got {','.join(FLAGS.granularity)}") from None
+  sub = matformer.extract(FLAGS.config, FLAGS.workdir, choice, FLAGS.out)
+  hidden = "(" + "".join(f"{h}," for h in sub.model.mlp.hidden) + ")"
+  print(f"wrote the submodel {','.join(map(str, choice))} to {FLAGS.out}: a dense model with "
+        f"model.mlp.hidden={hidden}; substrax-eval and substrax-train run it with the same "
+        f"--config plus --config.model.mlp.hidden='{hidden}' --config.model.mlp.granularities='()'")
+
+
 def run_train():
   app.run(_guard(_train), flags_parser=_parse)
 
@@ -203,6 +224,10 @@ def run_eval():
 
 def run_inspect():
   app.run(_guard(_inspect), flags_parser=_parse)
+
+
+def run_extract():
+  app.run(_guard(_extract), flags_parser=_parse)
 
 
 if __name__ == "__main__":

@@ -294,9 +294,10 @@ def _train_loop(exp, state, start, manager, writer):
   return state, done
 
 
-def evaluate_checkpoint(config, workdir: str):
-  """Runs the task's evaluator on the newest readable checkpoint in workdir. It reads the
-  checkpoints and writes only WORKDIR/eval/: never renames, deletes or saves a checkpoint."""
+def load_run(config, workdir: str):
+  """(experiment, state, step) of the newest readable checkpoint in `workdir`, whose
+  config.json must record `config`'s experiment. Reads only: never renames, deletes or saves a
+  checkpoint. Model surgery (train/surgery.py) starts here too."""
   validate(config)
   checkpoint_dir = checkpointing.directory(config, workdir)
   workdir_lib.check_for_eval(workdir, checkpoint_dir)
@@ -308,7 +309,15 @@ def evaluate_checkpoint(config, workdir: str):
       state, step = checkpointing.restore_newest(manager, exp.abstract_state, set_aside=False)
     finally:
       manager.close()
-    validation.require(step is not None, "--workdir", f"no checkpoint in {checkpoint_dir}")
+  validation.require(step is not None, "--workdir", f"no checkpoint in {checkpoint_dir}")
+  return exp, state, step
+
+
+def evaluate_checkpoint(config, workdir: str):
+  """Runs the task's evaluator on the newest readable checkpoint in workdir; writes only
+  WORKDIR/eval/."""
+  exp, state, step = load_run(config, workdir)
+  with exp.activate():
     return evaluate(exp, state, workdir, step)
 
 

@@ -73,6 +73,31 @@ def check_backbone(m, key: str = "model"):
           f"unknown dtype {m.dtype!r}; choose one of {DTYPES}")
   check_attention(m.attention, f"{key}.attention")
   check_positions(m, key)   # after the attention block: it checks the pair
+  if m.get("mlp") is not None:
+    check_mlp(m, f"{key}.mlp")
+
+
+def check_mlp(m, key: str = "model.mlp"):
+  """model.mlp (configs.common.mlp_config): every layer's units divide into the granularities'
+  widths and into the experts."""
+  mlp = m.mlp
+  hidden = tuple(mlp.hidden) or (m.mlp_ratio * m.width,) * m.depth
+  require(len(hidden) == m.depth and all(isinstance(h, int) and h > 0 for h in hidden),
+          f"{key}.hidden", f"needs one positive width per layer ({m.depth}), got {tuple(mlp.hidden)}")
+  fs = tuple(mlp.granularities)
+  require(all(isinstance(f, int) and f > 0 for f in fs) and len(set(fs)) == len(fs),
+          f"{key}.granularities", f"must be distinct positive factors, e.g. (8, 4, 2, 1), got {fs}")
+  require(not fs or 1 in fs, f"{key}.granularities",
+          f"must include 1, the full width, which the nested widths are prefixes of; got {fs}")
+  for f in fs:
+    require(all(h % f == 0 for h in hidden), f"{key}.granularities",
+            f"factor {f} does not divide the MLP widths {hidden}")
+  require(mlp.experts >= 0, f"{key}.experts", f"must be >= 0, got {mlp.experts}")
+  if mlp.experts:
+    require(all(h % mlp.experts == 0 for h in hidden), f"{key}.experts",
+            f"{mlp.experts} experts do not divide the MLP widths {hidden}")
+    require(1 <= mlp.top_k <= mlp.experts, f"{key}.top_k",
+            f"must be in [1, experts={mlp.experts}], got {mlp.top_k}")
 
 
 def check_positions(m, key: str = "model"):

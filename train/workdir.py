@@ -87,6 +87,11 @@ def _flatten(tree, prefix=""):
 
 _ABSENT = object()
 
+# Fields added after runs were recorded, with the value that computes what such a run did: a run
+# whose config.json lacks one is the same experiment as a config holding that value.
+ADDED = {"model.mlp.granularities": [], "model.mlp.hidden": [], "model.mlp.experts": 0,
+         "model.mlp.top_k": 0}
+
 
 def _resumable(key: str) -> bool:
   return any(key == r or key.startswith(r + ".") for r in RESUMABLE)
@@ -96,6 +101,7 @@ def differences(recorded: dict, config: dict, training: bool) -> list[str]:
   """'key: <run> in the run, <now> now' for each field that makes another experiment; when
   `training`, num_steps may not shrink either (evaluation ignores it)."""
   old, new = _flatten(recorded), _flatten(config)
+  old = {**{k: v for k, v in ADDED.items() if k in new}, **old}
   out = []
   shown = lambda tree, key: json.dumps(tree[key]) if key in tree else "(absent)"
   for key in sorted(set(old) | set(new)):

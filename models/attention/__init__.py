@@ -55,7 +55,7 @@ class Attention(nn.Module):
   from a fixed key when none is given. `positions` applies a relative scheme (rope, alibi, rpe,
   urpe: models/positions.py; URPE's Toeplitz entries span offsets up to max_len); absolute ones
   are the backbone's business. `head_dim` defaults to width / num_heads; `centre_out` makes the
-  output projection zero-mean (models/norms.CentredDense).
+  output projection zero-mean (models/norms.centre).
   """
   num_heads: int
   kind: str = "softmax"

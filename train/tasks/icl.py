@@ -12,7 +12,7 @@ from jax import lax
 from substrax.data import icl as icl_data
 from substrax.models import attention, baselines, transformer
 from substrax.models import icl as icl_models
-from substrax.train import mesh as mesh_lib
+from substrax.train import matformer, mesh as mesh_lib
 from substrax.train.analysis import icl_claims, reporting
 from substrax.train.tasks import Task
 from substrax.train.validation import check_backbone, require
@@ -137,25 +137,31 @@ def build(config) -> Task:
   feature_key = jax.random.fold_in(jax.random.key(config.seed), 2)
   init_inputs = (jnp.zeros((1, n, d)), jnp.zeros((1, n)))
 
-  def predict(params, step, xs, ys, method="__call__"):
-    rngs = attention.feature_rngs(feature_key, step, config.model.attention.redraw_every)
-    return model.apply({"params": params}, xs, ys, rngs=rngs, method=method)
+  m = config.model
+  uniform_units = matformer.uniform_units(m) if m.name == "transformer" else {1: None}
 
-  def loss_fn(params, model_state, batch, step):
+  def predict(variables, step, xs, ys, method="__call__", units=None):
+    """`variables`: {"params": ..., **model_state}; `units`: MatFormer's per-layer MLP units."""
+    rngs = attention.feature_rngs(feature_key, step, config.model.attention.redraw_every)
+    kwargs = {} if units is None else {"units": units}   # LSA has no MLP
+    return model.apply(variables, xs, ys, rngs=rngs, method=method, **kwargs)
+
+  def loss_at(params, model_state, batch, step, units):
+    run = functools.partial(predict, {"params": params, **model_state}, step, units=units)
     if gaussian:
       # Separate objectives (Liu et al. 2024): squared error for the mean, the Gaussian NLL
       # for the variance with the mean held fixed. Under the joint NLL the variance head
       # explains every error away and the mean never leaves 0 (measured: error/d 1.11 at
       # k=10 after 12k steps, the zero predictor's).
-      mean, var = predict(params, step, batch["xs"], batch["ys"], "distribution")
+      mean, var = run(batch["xs"], batch["ys"], "distribution")
       resid = batch["ys"] - mean
       nll = 0.5 * (jnp.log(var) + lax.stop_gradient(resid) ** 2 / var)
       w = batch["weights"].astype(jnp.float32)
       return jnp.sum((resid ** 2 + nll) * w) / jnp.sum(w), ({}, model_state)
     if config.data.loss_on == "last":   # one query per prompt, after n - 1 pairs
-      preds = predict(params, step, batch["xs"], batch["ys"], "predict_last")
+      preds = run(batch["xs"], batch["ys"], "predict_last")
       return jnp.mean(pointwise_loss(spec, preds, batch["ys"][:, -1])), ({}, model_state)
-    preds = predict(params, step, batch["xs"], batch["ys"])
+    preds = run(batch["xs"], batch["ys"])
     w = batch["weights"].astype(jnp.float32)
     return jnp.sum(pointwise_loss(spec, preds, batch["ys"]) * w) / jnp.sum(w), ({}, model_state)
 
@@ -163,11 +169,15 @@ def build(config) -> Task:
   eval_prompts = {"xs": eval_prompts["xs"], "ys": eval_prompts["ys"]}
 
   def eval_step(params, model_state, prompts, step):
-    del model_state  # stateless model
-    preds = predict(params, step, prompts["xs"], prompts["ys"])
-    err = pointwise_error(spec, preds, prompts["ys"]).mean(0)
-    return {"loss": pointwise_loss(spec, preds, prompts["ys"]).mean(),
-            f"error_k{n - 1}": err[-1], f"error_k{d}": err[min(d, n - 1)]}
+    out = {}
+    for f, units in uniform_units.items():   # MatFormer: each granularity (1: the full model)
+      preds = predict({"params": params, **model_state}, step, prompts["xs"], prompts["ys"],
+                      units=units)
+      err = pointwise_error(spec, preds, prompts["ys"]).mean(0)
+      suffix = "" if f == 1 else f"_g{f}"
+      out.update({f"loss{suffix}": pointwise_loss(spec, preds, prompts["ys"]).mean(),
+                  f"error_k{n - 1}{suffix}": err[-1], f"error_k{d}{suffix}": err[min(d, n - 1)]})
+    return out
 
   def errors_of(predict):
     """jit((key, params) -> errors [batch, n]) for a predictor (params, xs, ys) -> predictions."""
@@ -187,30 +197,34 @@ def build(config) -> Task:
         return fn(jax.device_put(key, device), params)
     return run
 
-  # The model's "params" are (params, step): the step picks Performer's feature draw.
+  # The model's "params" are (variables, step): the step picks Performer's feature draw. A
+  # MatFormer adds each smaller granularity as a model of its own, <name>_g<factor>.
   name = config.model.name
-  predictors = {name: lambda params_step, xs, ys: predict(*params_step, xs, ys)}
+  models = {name if f == 1 else f"{name}_g{f}": units for f, units in uniform_units.items()}
+  predictors = {k: lambda variables_step, xs, ys, units=units: predict(*variables_step, xs, ys,
+                                                                       units=units)
+                for k, units in models.items()}
   baseline_fns = baselines.baseline_fns(
       ridge_alpha=e.ridge_alpha, lasso_alpha=e.lasso_alpha, knn_k=e.knn_k,
       gd_steps_n=e.gd_steps, noise_var=spec.noise_std**2)
   predictors.update({k: lambda _, xs, ys, fn=fn: fn(xs, ys) for k, fn in baseline_fns.items()})
-  error_fns = {k: errors_of(p) if k == name else on_one_device(errors_of(p))
+  error_fns = {k: errors_of(p) if k in models else on_one_device(errors_of(p))
                for k, p in predictors.items()}
 
   def evaluate(params, model_state, workdir, step):
-    del model_state
+    variables = {"params": params, **model_state}
     payload = evaluate_prompts(
-        config, spec, {k: functools.partial(fn, params=(params, step) if k == name else None)
+        config, spec, {k: functools.partial(fn, params=(variables, step) if k in models else None)
                        for k, fn in error_fns.items()}, workdir, step)
-    predict_all = functools.partial(predict, params, step)
+    predict_all = functools.partial(predict, variables, step)
     payload["claims"] = icl_claims.run_claims(
         e.claims, model=model, params=params,
         # Inside the training mesh the batch dimension must split over every device.
         init_params=lambda key: nn.meta.unbox(model.init(key, *(
             jnp.repeat(x, jax.device_count(), 0) for x in init_inputs)))["params"],
         predict=predict_all,
-        predict_last=functools.partial(predict, params, step, method="predict_last"),
-        distribution=functools.partial(predict, params, step, method="distribution"),
+        predict_last=functools.partial(predict, variables, step, method="predict_last"),
+        distribution=functools.partial(predict, variables, step, method="distribution"),
         predictors={name: predict_all, **baseline_fns}, spec=spec, eval_config=e,
         lsa_layers=config.model.lsa.num_layers if config.model.name == "lsa" else 0,
         key=jax.random.fold_in(jax.random.key(e.seed), 1), workdir=workdir, step=step)
@@ -219,7 +233,8 @@ def build(config) -> Task:
   return Task(model=model, init_inputs=init_inputs, train_data={}, sample_batch=sample_batch,
               batch_axes={"xs": ("batch", None, None), "ys": ("batch", None),
                           "weights": ("batch", None)},
-              loss_fn=loss_fn, eval_data=eval_prompts, eval_step=eval_step, evaluate=evaluate)
+              loss_fn=matformer.summed_loss(loss_at, uniform_units), eval_data=eval_prompts,
+              eval_step=eval_step, evaluate=evaluate)
 
 
 def evaluate_prompts(config, spec, error_fns, workdir, step):

@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from substrax.data import lm as lm_data
 from substrax.models.lm import LanguageModel
 from substrax.models.transformer import block_config
-from substrax.train import metrics
+from substrax.train import matformer, metrics
 from substrax.train.analysis import reporting
 from substrax.train.tasks import Task
 from substrax.train.validation import check_backbone, require
@@ -114,33 +114,39 @@ def build(config) -> Task:
       tokens = lm_data.sample_windows(key, data["stream"], config.batch_size, d.length)
     return {"tokens": tokens.astype(jnp.int32)}
 
-  def token_losses(params, tokens):
-    logits = model.apply({"params": params}, tokens[:, :-1])
+  def token_losses(params, model_state, tokens, units=None):
+    logits = model.apply({"params": params, **model_state}, tokens[:, :-1], units=units)
     return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
 
-  def loss_fn(params, model_state, batch, step):
+  def loss_at(params, model_state, batch, step, units):
     del step
-    loss = jnp.mean(token_losses(params, batch["tokens"]))
-    return loss, ({}, model_state)
+    return jnp.mean(token_losses(params, model_state, batch["tokens"], units)), ({}, model_state)
 
   held_out = {"tokens": heldout(min(e.num_sequences, 256), window)}
+  uniform_units = matformer.uniform_units(m)
 
   def eval_step(params, model_state, data, step):
-    del model_state, step
-    return {"loss": jnp.mean(token_losses(params, data["tokens"]))}
+    del step
+    return {"loss" if f == 1 else f"loss_g{f}": jnp.mean(token_losses(
+        params, model_state, data["tokens"], units)) for f, units in uniform_units.items()}
 
-  losses = jax.jit(token_losses)
+  losses = jax.jit(token_losses, static_argnums=3)
+
+  def heldout_loss(params, model_state, tokens, units=None) -> float:
+    """Mean held-out loss of `tokens`, in batches of eval.batch_size."""
+    return float(np.mean(np.concatenate([
+        np.asarray(losses(params, model_state, tokens[i:i + e.batch_size], units))
+        for i in range(0, len(tokens), e.batch_size)])))
 
   def evaluate(params, model_state, workdir, step):
-    del model_state
     rows = []
     for length in e.lengths:
       tokens = heldout(e.num_sequences, length + 1)
-      loss = float(np.mean(np.concatenate([
-          np.asarray(losses(params, tokens[i:i + e.batch_size]))
-          for i in range(0, len(tokens), e.batch_size)])))
       floor = floor_of(tokens) if floor_of else None
-      rows.append(_row(length, loss, floor, source))
+      rows.append(_row(length, heldout_loss(params, model_state, tokens), floor, source))
+      if len(uniform_units) > 1:   # MatFormer: every granularity, each layer at one factor
+        rows[-1]["granularities"] = {str(f): heldout_loss(params, model_state, tokens, units)
+                                     for f, units in uniform_units.items()}
     payload = {"step": int(step), "source": d.source, "vocab_size": source.vocab_size,
                "train_length": d.length, "positions": m.positions, "norm": m.norm,
                "attention": m.attention.kind, "chars_per_token": source.chars_per_token,
@@ -154,7 +160,8 @@ def build(config) -> Task:
 
   return Task(model=model, init_inputs=(jnp.zeros((1, d.length), jnp.int32),),
               train_data=train_data, sample_batch=sample_batch,
-              batch_axes={"tokens": ("batch", None)}, loss_fn=loss_fn, eval_data=held_out,
+              batch_axes={"tokens": ("batch", None)},
+              loss_fn=matformer.summed_loss(loss_at, uniform_units), eval_data=held_out,
               eval_step=eval_step, evaluate=evaluate)
 
 
@@ -205,4 +212,8 @@ def print_summary(r: dict):
                                fmt(x.get("gap_closed"), ".3f")] for x in r["lengths"]}
   print(f"{r['source']} language model, step {r['step']} (held out):")
   print(reporting.format_table(cols, rows, first="eval length"))
+  for x in r["lengths"]:
+    if "granularities" in x:
+      print(f"MatFormer granularities at L={x['length']}, held-out loss: " + ", ".join(
+          f"d_ff/{f} {loss:.4f}" for f, loss in x["granularities"].items()))
 

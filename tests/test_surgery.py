@@ -1,0 +1,194 @@
+"""Model surgery: MatFormer's nested MLPs and their extraction (train/matformer.py), EMoE's
+experts (models/emoe.py, models/transformer.MLP). Each identity to float precision."""
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from substrax.configs import icl_linear, lm_hmm
+from substrax.models import emoe
+from substrax.models.lm import LanguageModel
+from substrax.models.transformer import MLP, BlockConfig
+from substrax.train import matformer, trainer, workdir as workdir_lib
+from substrax.train.errors import ConfigError
+
+TOKENS = jax.random.randint(jax.random.key(1), (3, 16), 0, 16)
+
+
+def noisy_params(model, seed=0):
+  """Initial parameters plus noise, so that biases are non-zero and nothing cancels by luck."""
+  params = nn.meta.unbox(model.init(jax.random.key(seed), TOKENS))["params"]
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
+  return jax.tree.unflatten(tree, [x + 0.05 * jax.random.normal(k, x.shape)
+                                   for x, k in zip(leaves, keys)])
+
+
+@pytest.mark.parametrize("block", [BlockConfig(num_heads=2),
+                                   BlockConfig(num_heads=2, norm="rmsnorm", zero_mean=True)])
+def test_matformer_slicing_equals_masking(block):
+  """A prefix of the units (sliced weights) computes the full MLP with the other units'
+  pre-activations masked to zero (Scenic's form): gelu(0) = 0, so they add nothing."""
+  model = LanguageModel(16, 32, 2, 16, block)   # 128 hidden units per layer
+  params = noisy_params(model)
+  units = (16, 64)
+  masked = jax.tree_util.tree_map_with_path(
+      lambda path, x: _mask_units(path, x, units), params)
+  sliced = model.apply({"params": params}, TOKENS, units=units)
+  full_masked = model.apply({"params": masked}, TOKENS)
+  assert float(jnp.abs(sliced - full_masked).max()) <= 1e-6
+  # The slice changed the output: the test is not comparing the full model with itself.
+  assert float(jnp.abs(sliced - model.apply({"params": params}, TOKENS)).max()) > 1e-3
+
+
+def _mask_units(path, x, units):
+  names = [getattr(k, "key", "") for k in path]
+  if "fc" not in names:
+    return x
+  layer = int(next(n for n in names if n.startswith("block_")).split("_")[1])
+  return x.at[..., units[layer]:].set(0.0)   # kernel [width, hidden] and bias [hidden]
+
+
+def test_an_extracted_submodel_equals_the_full_model_at_its_granularity():
+  config = lm_hmm.get_config("tiny")
+  config.model.update(depth=2, width=32)
+  config.model.mlp.granularities = (4, 2, 1)
+  choice = (4, 1)
+  sub = matformer.submodel_config(config, choice)
+  assert tuple(sub.model.mlp.hidden) == (32, 128) and not sub.model.mlp.granularities
+  full_exp, sub_exp = trainer.setup(config), trainer.setup(sub)
+  tokens = jnp.tile(TOKENS[:1], (jax.device_count(), 1))   # the batch splits over the mesh
+  with full_exp.activate():
+    state = full_exp.init()
+    state = state.replace(params=jax.tree.map(
+        lambda x: x + 0.05 * jax.random.normal(jax.random.key(3), x.shape), state.params))
+    at_choice = full_exp.task.model.apply({"params": state.params}, tokens,
+                                          units=matformer.units(config.model, choice))
+  with sub_exp.activate():
+    small = matformer.slice_state(state, sub_exp.abstract_state)
+    assert jax.tree.map(jnp.shape, small) == jax.tree.map(jnp.shape, sub_exp.abstract_state)
+    extracted = sub_exp.task.model.apply({"params": small.params}, tokens)
+  assert float(jnp.abs(extracted - at_choice).max()) <= 1e-6
+  # Adam's moments are cut with the parameters (the extracted run can train on).
+  mu = small.opt_state[1][0].mu["backbone"]["block_0"]["mlp"]["fc"]["kernel"]
+  assert mu.shape == (32, 32)
+
+
+def test_mix_and_match_lists_every_per_layer_choice_and_counts_ffn_parameters():
+  m = lm_hmm.get_config("cpu").model
+  m.update(depth=2)
+  m.mlp.granularities = (8, 4, 2, 1)
+  choices = matformer.mix_and_match(m)
+  assert len(choices) == 16 and len(set(choices)) == 16
+  # width 128, d_ff 512: per layer 2 * 128 * units + units + 128.
+  assert matformer.ffn_params(m, (1, 1)) == 2 * (2 * 128 * 512 + 512 + 128)
+  assert matformer.ffn_params(m, (8, 1)) == (2 * 128 * 64 + 64 + 128) + (2 * 128 * 512 + 512 + 128)
+
+
+def test_the_matformer_loss_is_the_sum_over_granularities():
+  seen = []
+
+  def loss_at(params, model_state, batch, step, units):
+    seen.append(units)
+    return jnp.float32(len(seen)), ({"error": jnp.float32(10 * len(seen))}, model_state)
+  loss, (aux, _) = matformer.summed_loss(loss_at, {4: (8,), 1: None})({}, {}, None, 0)
+  assert seen == [(8,), None] and float(loss) == 3.0
+  assert aux == {"loss_g4": 1.0, "error_g4": 10.0, "loss_g1": 2.0, "error_g1": 20.0}
+
+
+def _experts(block, experts, top_k):
+  return dataclasses.replace(block, experts=experts, top_k=top_k)
+
+
+def test_emoe_with_every_expert_is_the_dense_model():
+  block = BlockConfig(num_heads=2)
+  dense = LanguageModel(16, 32, 2, 16, block)
+  params = noisy_params(dense)
+  moe = LanguageModel(16, 32, 2, 16, _experts(block, 8, 8))
+  state = emoe.convert(params, moe.init(jax.random.key(0), TOKENS)["emoe"])
+  a = dense.apply({"params": params}, TOKENS)
+  b = moe.apply({"params": params, "emoe": state}, TOKENS)
+  assert float(jnp.abs(a - b).max()) <= 1e-5
+  fewer = LanguageModel(16, 32, 2, 16, _experts(block, 8, 2))
+  assert float(jnp.abs(fewer.apply({"params": params, "emoe": state}, TOKENS) - a).max()) > 1e-3
+
+
+def test_emoe_routes_each_token_to_its_top_k_experts_by_mean_key():
+  """The MLP's masked dense form equals the sum over each token's chosen experts of
+  W2[S_e] gelu(W1[:, S_e]^T x + b1[S_e]), plus b2 once, with experts chosen by gate . x."""
+  mlp = MLP(64, jnp.float32, nn.initializers.normal(0.02), experts=4, top_k=2)
+  x = jax.random.normal(jax.random.key(0), (5, 8))
+  variables = nn.meta.unbox(mlp.init(jax.random.key(1), x))
+  params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(2), p.shape),
+                        variables["params"])
+  w1, b1 = params["fc"]["kernel"], params["fc"]["bias"]
+  w2, b2 = params["proj"]["kernel"], params["proj"]["bias"]
+  group = np.random.default_rng(0).permutation(np.arange(64) // 16)
+  gate = np.stack([np.asarray(w1)[:, group == e].mean(1) for e in range(4)])
+  out = mlp.apply({"params": params, "emoe": {"group": group, "gate": gate}}, x)
+  for t in range(len(x)):
+    chosen = np.argsort(-(gate @ np.asarray(x[t])))[:2]
+    want = b2 + sum(nn.gelu(x[t] @ w1[:, group == e] + b1[group == e]) @ w2[group == e]
+                    for e in chosen)
+    np.testing.assert_allclose(out[t], want, atol=1e-5)
+
+
+def test_balanced_kmeans_finds_planted_groups_of_equal_size():
+  rng = np.random.default_rng(0)
+  centres = 5 * rng.normal(size=(4, 6))
+  labels = rng.permutation(np.repeat(np.arange(4), 8))
+  points = centres[labels] + 0.1 * rng.normal(size=(32, 6))
+  found = emoe.balanced_kmeans(points, 4, seed=1)
+  assert np.bincount(found).tolist() == [8, 8, 8, 8]
+  # The same partition up to renaming the groups.
+  assert len({(a, b) for a, b in zip(labels, found)}) == 4
+  with pytest.raises(ValueError, match="do not divide"):
+    emoe.balanced_kmeans(points, 5)
+
+
+def test_converted_experts_are_balanced_and_gated_by_their_mean_raw_key():
+  block = _experts(BlockConfig(num_heads=2), 4, 1)
+  model = LanguageModel(16, 32, 1, 16, block)
+  params = noisy_params(model)
+  state = emoe.convert(params, model.init(jax.random.key(0), TOKENS)["emoe"])
+  group = np.asarray(state["backbone"]["block_0"]["mlp"]["group"])
+  gate = np.asarray(state["backbone"]["block_0"]["mlp"]["gate"])
+  kernel = np.asarray(params["backbone"]["block_0"]["mlp"]["fc"]["kernel"])
+  assert np.bincount(group).tolist() == [32] * 4
+  np.testing.assert_allclose(gate[2], kernel[:, group == 2].mean(1), rtol=1e-5)
+  assert not np.array_equal(group, np.arange(128) // 32)   # k-means, not the contiguous default
+
+
+def test_top_k_mass_is_the_share_of_activation_in_the_heaviest_experts():
+  acts = np.array([[1.0, 1.0, 0.0, 2.0], [0.0, -3.0, 1.0, 0.0]])
+  group = np.array([0, 0, 1, 1])
+  # Token 0: experts hold 2 and 2 of 4; token 1: 3 and 1 of 4.
+  assert emoe.top_k_mass(acts, group, 2, 1) == pytest.approx((0.5 + 0.75) / 2)
+  assert emoe.top_k_mass(acts, group, 2, 2) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("changes, key", [
+    ({"granularities": (8, 4, 2)}, "model.mlp.granularities"),     # no full width
+    ({"granularities": (3, 1)}, "model.mlp.granularities"),        # 3 does not divide 256
+    ({"granularities": (2, 2, 1)}, "model.mlp.granularities"),
+    ({"hidden": (64,)}, "model.mlp.hidden"),                       # depth 2
+    ({"experts": 6}, "model.mlp.experts"),
+    ({"experts": 4, "top_k": 5}, "model.mlp.top_k"),
+])
+def test_mlp_config_errors_name_the_key(changes, key):
+  config = icl_linear.get_config("tiny")
+  config.model.mlp.update(changes)
+  with pytest.raises(ConfigError, match=f"^{key}: "):
+    trainer.validate(config)
+
+
+def test_a_run_recorded_before_model_mlp_existed_is_the_same_experiment():
+  config = workdir_lib.as_json(lm_hmm.get_config("tiny"))
+  old = {**config, "model": {k: v for k, v in config["model"].items() if k != "mlp"}}
+  assert workdir_lib.differences(old, config, training=True) == []
+  config["model"]["mlp"]["experts"] = 4
+  assert workdir_lib.differences(old, config, training=True) == [
+      "model.mlp.experts: 0 in the run, 4 now"]
