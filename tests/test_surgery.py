@@ -192,3 +192,17 @@ def test_a_run_recorded_before_model_mlp_existed_is_the_same_experiment():
   config["model"]["mlp"]["experts"] = 4
   assert workdir_lib.differences(old, config, training=True) == [
       "model.mlp.experts: 0 in the run, 4 now"]
+
+
+def test_an_icl_matformer_trains_and_scores_every_granularity():
+  config = icl_linear.get_config("tiny")
+  config.model.mlp.granularities = (4, 1)
+  exp = trainer.setup(config)
+  with exp.activate():
+    state = exp.init()
+    batch = exp.task.sample_batch(exp.train_data, jax.random.key(0), 0)
+    loss, (aux, _) = exp.task.loss_fn(state.params, state.model_state, batch, 0)
+    held_out = exp.eval_step(state.params, state.model_state, exp.eval_data, 0)
+  assert float(loss) == pytest.approx(float(aux["loss_g4"] + aux["loss_g1"]), rel=1e-6)
+  assert {"loss", "loss_g4", "error_k10_g4"} <= set(held_out)
+  assert float(held_out["loss"]) != float(held_out["loss_g4"])
