@@ -38,6 +38,7 @@ setup(
         "tqdm>=4.66",
         "matplotlib>=3.9",
         "numpy>=2.0",
+        "scipy>=1.13",   # balanced k-means (linear_sum_assignment), exact binomial intervals
     ],
     extras_require={
         # Real MNIST digits (sMNIST and Moving-MNIST configs): data/digits.py reads the 5,000
