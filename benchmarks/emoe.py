@@ -1,6 +1,6 @@
 """Emergent mixture of experts (Qiu et al. 2023, arXiv 2310.10908) in an in-context regressor.
 
-  .venv/bin/python benchmarks/emoe.py --out=runs/emoe           # 4-5 min on 2 CPU cores
+  python benchmarks/emoe.py --out=runs/emoe           # about 6 min on 2 CPU cores
 
 EMoE adds no parameters: a trained MLP's hidden units are clustered by their keys (the columns
 of W1) into N experts, a token keeps the units of the k experts whose mean key scores its input
@@ -92,9 +92,9 @@ def fine_tuner(config):
   """(experiment, run): run(params, model_state, seed) trains config.num_steps from `params`
   with a fresh optimiser on the batches exp.train_step would draw under config.seed = seed.
   One compiled step serves every seed (the trainer's closes over its seed: one compile per
-  setup, which on 2 cores costs more than the fine-tuning itself). Checked once against
-  exp.train_step under config.seed = 1, dense and EMoE: the same parameters, bit for bit,
-  after 20 steps."""
+  setup, which on 2 cores costs more than the fine-tuning itself). It is built from the
+  trainer's own pieces: task.sample_batch with the trainer's data key, step.train_step and the
+  config's optimizer."""
   exp = trainer.setup(config)
   schedule = optim.make_schedule(config.optim, config.num_steps)
   tx = optim.make_optimizer(config.optim, schedule)

@@ -66,7 +66,7 @@ def mlp_fields(m) -> dict:
 
 def granularity_units(block: BlockConfig, width: int, depth: int, factors) -> tuple[int, ...]:
   """Each layer's MLP units under per-layer MatFormer factors (1 = every unit, 8 = an eighth)."""
-  return tuple(h // f for h, f in zip(block.hidden(width, depth), factors))
+  return tuple(h // f for h, f in zip(block.hidden(width, depth), factors, strict=True))
 
 
 def residual_width(width: int, norm: str) -> int:
@@ -116,17 +116,19 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x, units=None):
     width, units = x.shape[-1], units or self.hidden
-    w1, b1 = Weights((width, self.hidden), param_init(nn.initializers.normal(0.02), "embed", "mlp"),
-                     param_init(nn.initializers.zeros, "mlp"), name="fc")()
+    kernel, b1 = Weights((width, self.hidden),
+                         param_init(nn.initializers.normal(0.02), "embed", "mlp"),
+                         param_init(nn.initializers.zeros, "mlp"), name="fc")()
     w2, b2 = Weights((self.hidden, width), param_init(self.out_init, "mlp", "embed"),
                      param_init(nn.initializers.zeros, "embed"), name="proj")()
+    w1 = kernel
     if units < self.hidden:
       w1, b1, w2 = w1[:, :units], b1[:units], w2[:units]
     if self.zero_mean:   # Pre-RMSNorm: the branch writes its zero-mean projection
       w2, b2 = centre(w2), centre(b2)
     h = nn.gelu(dense(x, w1, b1, self.dtype))
-    if self.experts:
-      h = h * self._expert_mask(x, w1)[..., :units].astype(h.dtype)
+    if self.experts:   # (validation keeps experts and nested widths apart)
+      h = h * self._expert_mask(x, kernel).astype(h.dtype)
     h = constrain(h, "batch", "length", "mlp")
     return dense(h, w2, b2, self.dtype)
 

@@ -27,6 +27,30 @@ def noisy_params(model, seed=0):
                                    for x, k in zip(leaves, keys)])
 
 
+def test_the_mlp_computes_what_nn_dense_does_bit_for_bit():
+  """MLP declares its weights itself (to slice them) but applies them with nn.Dense's ops, so
+  models trained before MatFormer compute exactly what they did: forward and gradient."""
+  class Reference(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      h = nn.gelu(nn.Dense(64, name="fc")(x))
+      return nn.Dense(x.shape[-1], name="proj")(h)
+  x = jax.random.normal(jax.random.key(0), (4, 7, 16))
+  mlp = MLP(64, jnp.float32, nn.initializers.normal(0.02))
+  params = noisy_params_of(mlp, x)
+  loss = lambda module: jax.jit(jax.value_and_grad(
+      lambda p: jnp.sum(module.apply({"params": p}, x) ** 3)))(params)
+  (a, grad_a), (b, grad_b) = loss(mlp), loss(Reference())
+  assert float(a) == float(b)
+  for ga, gb in zip(jax.tree.leaves(grad_a), jax.tree.leaves(grad_b)):
+    np.testing.assert_array_equal(np.asarray(ga), np.asarray(gb))
+
+
+def noisy_params_of(module, x):
+  params = nn.meta.unbox(module.init(jax.random.key(1), x))["params"]
+  return jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(2), p.shape), params)
+
+
 @pytest.mark.parametrize("block", [BlockConfig(num_heads=2),
                                    BlockConfig(num_heads=2, norm="rmsnorm", zero_mean=True)])
 def test_matformer_slicing_equals_masking(block):
@@ -56,15 +80,19 @@ def test_an_extracted_submodel_equals_the_full_model_at_its_granularity():
   config = lm_hmm.get_config("tiny")
   config.model.update(depth=2, width=32)
   config.model.mlp.granularities = (4, 2, 1)
+  config.checkpoint.directory = "/elsewhere/checkpoints"
   choice = (4, 1)
   sub = matformer.submodel_config(config, choice)
   assert tuple(sub.model.mlp.hidden) == (32, 128) and not sub.model.mlp.granularities
+  assert sub.checkpoint.directory is None   # the new run's own, never the source's
   full_exp, sub_exp = trainer.setup(config), trainer.setup(sub)
   tokens = jnp.tile(TOKENS[:1], (jax.device_count(), 1))   # the batch splits over the mesh
   with full_exp.activate():
     state = full_exp.init()
-    state = state.replace(params=jax.tree.map(
-        lambda x: x + 0.05 * jax.random.normal(jax.random.key(3), x.shape), state.params))
+    noise = lambda x: x + 0.05 * jax.random.normal(jax.random.key(3), x.shape)
+    state = state.replace(params=jax.tree.map(noise, state.params),
+                          opt_state=jax.tree.map(lambda x: noise(x) if x.ndim else x,
+                                                 state.opt_state))
     at_choice = full_exp.task.model.apply({"params": state.params}, tokens,
                                           units=matformer.units(config.model, choice))
   with sub_exp.activate():
@@ -72,9 +100,12 @@ def test_an_extracted_submodel_equals_the_full_model_at_its_granularity():
     assert jax.tree.map(jnp.shape, small) == jax.tree.map(jnp.shape, sub_exp.abstract_state)
     extracted = sub_exp.task.model.apply({"params": small.params}, tokens)
   assert float(jnp.abs(extracted - at_choice).max()) <= 1e-6
-  # Adam's moments are cut with the parameters (the extracted run can train on).
-  mu = small.opt_state[1][0].mu["backbone"]["block_0"]["mlp"]["fc"]["kernel"]
-  assert mu.shape == (32, 32)
+  # Adam's moments are cut with the parameters, to their prefixes (the extracted run trains on).
+  path = lambda tree: tree["backbone"]["block_0"]["mlp"]["fc"]["kernel"]
+  for moment in ("mu", "nu"):
+    cut, whole = (path(getattr(s.opt_state[1][0], moment)) for s in (small, state))
+    assert cut.shape == (32, 32)
+    np.testing.assert_array_equal(np.asarray(cut), np.asarray(whole)[:, :32])
 
 
 def test_mix_and_match_lists_every_per_layer_choice_and_counts_ffn_parameters():
@@ -177,6 +208,8 @@ def test_top_k_mass_is_the_share_of_activation_in_the_heaviest_experts():
     ({"hidden": (64,)}, "model.mlp.hidden"),                       # depth 2
     ({"experts": 6}, "model.mlp.experts"),
     ({"experts": 4, "top_k": 5}, "model.mlp.top_k"),
+    ({"top_k": 2}, "model.mlp.top_k"),                             # no experts
+    ({"experts": 4, "top_k": 1, "granularities": (2, 1)}, "model.mlp.experts"),
 ])
 def test_mlp_config_errors_name_the_key(changes, key):
   config = icl_linear.get_config("tiny")

@@ -198,8 +198,11 @@ def _inspect():
 
 
 def _extract():
-  from substrax.train import matformer
+  import jax
+  from substrax.train import distributed, matformer
   from substrax.train.errors import ConfigError
+  if not FLAGS.workdir:
+    raise ConfigError("--workdir: is required (the MatFormer run to extract from)")
   if not FLAGS.granularity or not FLAGS.out:
     raise ConfigError("--granularity and --out are required, e.g. --granularity=8,1 "
                       "--out=runs/submodel")
@@ -207,11 +210,14 @@ def _extract():
     choice = tuple(int(f) for f in FLAGS.granularity)
   except ValueError:
     raise ConfigError(f"--granularity: needs integers, got {','.join(FLAGS.granularity)}") from None
+  distributed.initialize(FLAGS.config.distributed)
   sub = matformer.extract(FLAGS.config, FLAGS.workdir, choice, FLAGS.out)
   hidden = "(" + "".join(f"{h}," for h in sub.model.mlp.hidden) + ")"
-  print(f"wrote the submodel {','.join(map(str, choice))} to {FLAGS.out}: a dense model with "
-        f"model.mlp.hidden={hidden}; substrax-eval and substrax-train run it with the same "
-        f"--config plus --config.model.mlp.hidden='{hidden}' --config.model.mlp.granularities='()'")
+  if jax.process_index() == 0:
+    print(f"wrote the submodel {','.join(map(str, choice))} to {FLAGS.out}: a dense model with "
+          f"model.mlp.hidden={hidden}; substrax-eval and substrax-train run it with the same "
+          f"--config plus --config.model.mlp.hidden='{hidden}' "
+          "--config.model.mlp.granularities='()'")
 
 
 def run_train():

@@ -77,6 +77,7 @@ def submodel_config(config, choice) -> ml_collections.ConfigDict:
   c.model.mlp.hidden = granularity_units(block_config(config.model), config.model.width,
                                          config.model.depth, choice)
   c.model.mlp.granularities = ()
+  c.checkpoint.directory = None   # the submodel's own WORKDIR/checkpoints, never the source's
   return c
 
 
@@ -94,10 +95,14 @@ def extract(config, workdir: str, choice, out: str) -> ml_collections.ConfigDict
   """Writes the submodel `choice` (per-layer factors) of the run in `workdir` as a dense run in
   `out`, at the same step, with its Adam moments; returns its config."""
   from substrax.train import surgery, trainer, validation
+  validation.require(config.model.get("mlp") is not None, "--config",
+                     f"task {config.task!r} has no model.mlp block; MatFormer needs the lm or "
+                     "icl task")
   fs = factors(config.model)
   validation.require(len(choice) == config.model.depth and all(f in fs for f in choice),
                      "--granularity", f"needs one factor per layer ({config.model.depth}) from "
                      f"model.mlp.granularities={fs}, got {tuple(choice)}")
+  surgery.check_new(out)
   exp, state, step = trainer.load_run(config, workdir)
   sub = submodel_config(config, choice)
   sub_exp = trainer.setup(sub)

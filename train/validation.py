@@ -81,7 +81,7 @@ def check_mlp(m, key: str = "model.mlp"):
   """model.mlp (configs.common.mlp_config): every layer's units divide into the granularities'
   widths and into the experts."""
   mlp = m.mlp
-  hidden = tuple(mlp.hidden) or (m.mlp_ratio * m.width,) * m.depth
+  hidden = tuple(mlp.hidden) or (m.mlp_ratio * m.width,) * m.depth   # BlockConfig.hidden
   require(len(hidden) == m.depth and all(isinstance(h, int) and h > 0 for h in hidden),
           f"{key}.hidden", f"needs one positive width per layer ({m.depth}), got {tuple(mlp.hidden)}")
   fs = tuple(mlp.granularities)
@@ -93,6 +93,11 @@ def check_mlp(m, key: str = "model.mlp"):
     require(all(h % f == 0 for h in hidden), f"{key}.granularities",
             f"factor {f} does not divide the MLP widths {hidden}")
   require(mlp.experts >= 0, f"{key}.experts", f"must be >= 0, got {mlp.experts}")
+  require(mlp.experts or not mlp.top_k, f"{key}.top_k",
+          f"applies only with experts > 0, got top_k={mlp.top_k} and experts=0")
+  require(not (mlp.experts and fs), f"{key}.experts",
+          "experts and granularities cannot be combined: an expert's units would straddle the "
+          "nested widths")
   if mlp.experts:
     require(all(h % mlp.experts == 0 for h in hidden), f"{key}.experts",
             f"{mlp.experts} experts do not divide the MLP widths {hidden}")

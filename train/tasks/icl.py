@@ -86,6 +86,9 @@ def validate(config):
           "selection scores a model trained on data.function_class='mixture'")
   require("probes" not in e.claims or m.name == "transformer", "eval.claims",
           "probes read a transformer's residual stream; model.name is 'lsa'")
+  require(not e.claims or m.name != "transformer" or not m.mlp.experts, "eval.claims",
+          "the claims analyse dense models (their controls re-initialise parameters only); "
+          "run them without model.mlp.experts")
   require("ood" not in e.claims or not (d.function_class == "linear_classification"
                                         or d.n_dims < 2), "eval.claims",
           "the OOD suite scores squared error with n_dims >= 2")

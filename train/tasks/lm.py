@@ -145,8 +145,10 @@ def build(config) -> Task:
       floor = floor_of(tokens) if floor_of else None
       rows.append(_row(length, heldout_loss(params, model_state, tokens), floor, source))
       if len(uniform_units) > 1:   # MatFormer: every granularity, each layer at one factor
-        rows[-1]["granularities"] = {str(f): heldout_loss(params, model_state, tokens, units)
-                                     for f, units in uniform_units.items()}
+        rows[-1]["granularities"] = {
+            str(f): rows[-1]["loss_nats"] if units is None
+            else heldout_loss(params, model_state, tokens, units)
+            for f, units in uniform_units.items()}
     payload = {"step": int(step), "source": d.source, "vocab_size": source.vocab_size,
                "train_length": d.length, "positions": m.positions, "norm": m.norm,
                "attention": m.attention.kind, "chars_per_token": source.chars_per_token,

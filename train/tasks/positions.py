@@ -40,6 +40,8 @@ def validate(config):
   require(d.length >= 2, "data.length", f"must be at least 2, got {d.length}")
   require(d.vocab >= 2, "data.vocab", f"must be at least 2, got {d.vocab}")
   check_backbone(m)
+  require(not m.mlp.granularities and not m.mlp.experts, "model.mlp",
+          "MatFormer granularities and EMoE experts are for the lm and icl tasks")
   require(m.max_len >= d.length, "model.max_len",
           f"must be at least data.length={d.length}, got {m.max_len}")
   require(e.num_sequences > 0, "eval.num_sequences",
