@@ -239,3 +239,26 @@ def test_an_icl_matformer_trains_and_scores_every_granularity():
   assert float(loss) == pytest.approx(float(aux["loss_g4"] + aux["loss_g1"]), rel=1e-6)
   assert {"loss", "loss_g4", "error_k10_g4"} <= set(held_out)
   assert float(held_out["loss"]) != float(held_out["loss_g4"])
+
+
+def test_emoe_trains_through_the_trainer_with_its_experts_frozen():
+  """The 'emoe' collection rides in TrainState.model_state: the step passes it to the model,
+  never changes it, and the parameters still train."""
+  config = lm_hmm.get_config("tiny")
+  config.model.mlp.update(experts=4, top_k=2)
+  exp = trainer.setup(config)
+  with exp.activate():
+    state = exp.init()
+    groups = state.model_state["emoe"]["backbone"]["block_0"]["mlp"]["group"]
+    assert np.bincount(np.asarray(groups)).tolist() == [32] * 4   # 128 units, contiguous
+    before = jax.tree.map(np.asarray, (state.params, state.model_state))
+    for _ in range(2):
+      state, metrics = exp.train_step(state, exp.train_data)
+    assert np.isfinite(float(metrics["loss"]))
+    held_out = exp.eval_step(state.params, state.model_state, exp.eval_data, state.step)
+  assert np.isfinite(float(held_out["loss"]))
+  jax.tree.map(np.testing.assert_array_equal, before[1], jax.tree.map(np.asarray,
+                                                                      state.model_state))
+  changed = jax.tree.map(lambda a, b: not np.array_equal(a, np.asarray(b)), before[0],
+                         state.params)
+  assert all(jax.tree.leaves(changed))
