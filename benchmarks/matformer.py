@@ -36,8 +36,8 @@ from scipy import stats
 
 import study
 from substrax.configs import lm_hmm
-from substrax.data import lm as lm_data
 from substrax.train import matformer, trainer
+from substrax.train.tasks import lm as lm_task
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "runs/matformer", "Where the runs and matformer.json go.")
@@ -59,19 +59,8 @@ def build(overrides):
   """lm_hmm:cpu with the overrides, as `substrax-train --config.KEY=VALUE` applies them."""
   c = lm_hmm.get_config("cpu")
   c.progress_bar = False
-  for key, value in overrides.items():
-    *path, last = key.split(".")
-    node = c
-    for name in path:
-      node = node[name]
-    node[last] = value
+  c.update_from_flattened_dict(overrides)
   return c
-
-
-def heldout(config):
-  d, e = config.data, config.eval
-  params = lm_data.hmm_params(d.seed, d.states, d.symbols, d.concentration)
-  return lm_data.hmm_heldout(e.seed, params, e.num_sequences, d.length + 1)
 
 
 def scorer(model, tokens, batch=64):
@@ -134,7 +123,8 @@ def main(argv):
 
   mat_config = build(mat_over)
   m = mat_config.model
-  tokens = heldout(mat_config)
+  heldout = lm_task.load_source(mat_config)[1]   # the sequences eval/lm.json scores
+  tokens = heldout(mat_config.eval.num_sequences, mat_config.data.length + 1)
   exp, state, _ = trainer.load_run(mat_config, runs["matformer"][1])
   with exp.activate():
     score = scorer(exp.task.model, tokens)

@@ -34,12 +34,7 @@ def experiment_config(name: str, preset: str = "tiny", **overrides):
   """configs/<name>.py's preset, with dotted-key overrides such as model.width=32."""
   import importlib
   config = importlib.import_module(f"substrax.configs.{name}").get_config(preset)
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  config.update_from_flattened_dict(overrides)
   return config
 
 

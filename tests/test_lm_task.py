@@ -121,12 +121,7 @@ def test_missing_text_is_one_line(tmp_path):
 ])
 def test_config_errors_name_the_key(changes, key):
   config = lm_hmm.get_config("tiny")
-  for k, v in changes.items():
-    *path, last = k.split(".")
-    node = config
-    for p in path:
-      node = node[p]
-    node[last] = v
+  config.update_from_flattened_dict(changes)
   with pytest.raises(ConfigError, match=f"^{key}: "):
     trainer.validate(config)
 

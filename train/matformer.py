@@ -14,7 +14,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from substrax.models.transformer import block_config, granularity_units
+from substrax.models.transformer import block_config, granularity_units, residual_width
+from substrax.train import surgery, trainer, validation
 
 
 def factors(m) -> tuple[int, ...]:
@@ -65,7 +66,7 @@ def summed_loss(loss_at, by_factor: dict):
 
 def ffn_params(m, choice) -> int:
   """MLP parameters of a per-layer choice (both matrices and both biases)."""
-  width = m.width - (m.norm == "crmsnorm")
+  width = residual_width(m.width, m.norm)
   return sum(2 * width * u + u + width
              for u in granularity_units(block_config(m), m.width, m.depth, choice))
 
@@ -94,7 +95,6 @@ def slice_state(state, abstract):
 def extract(config, workdir: str, choice, out: str) -> ml_collections.ConfigDict:
   """Writes the submodel `choice` (per-layer factors) of the run in `workdir` as a dense run in
   `out`, at the same step, with its Adam moments; returns its config."""
-  from substrax.train import surgery, trainer, validation
   validation.require(config.model.get("mlp") is not None, "--config",
                      f"task {config.task!r} has no model.mlp block; MatFormer needs the lm or "
                      "icl task")

@@ -7,7 +7,7 @@ import math
 
 import jax
 
-from substrax.models import attention, norms, positions
+from substrax.models import attention, norms, positions, transformer
 from substrax.models.sharding import MESH_AXES
 from substrax.train.errors import ConfigError
 
@@ -81,7 +81,7 @@ def check_mlp(m, key: str = "model.mlp"):
   """model.mlp (configs.common.mlp_config): every layer's units divide into the granularities'
   widths and into the experts."""
   mlp = m.mlp
-  hidden = tuple(mlp.hidden) or (m.mlp_ratio * m.width,) * m.depth   # BlockConfig.hidden
+  hidden = transformer.block_config(m).hidden(m.width, m.depth)
   require(len(hidden) == m.depth and all(isinstance(h, int) and h > 0 for h in hidden),
           f"{key}.hidden", f"needs one positive width per layer ({m.depth}), got {tuple(mlp.hidden)}")
   fs = tuple(mlp.granularities)
