@@ -6,6 +6,11 @@ held-out sequences), `text` (bytes of local .txt files) and `tfds` (tiny_shakesp
 text has no known floor. The synthetic sources are sampled on device from parameters the
 trainer passes in as data; text windows are cut from the train stream on device.
 
+`algorithmic` trains on the tasks of data/algorithmic.py (`data.task`), instances of sizes 1 to
+`data.train_max` packed into contexts of `data.length` tokens, with the loss on the answer
+tokens only; it is scored by exact match at each instance size of `eval.lengths` (see
+_build_algorithmic).
+
 Every sequence has `data.length` + 1 tokens: position t predicts token t + 1, so the loss and
 the floors cover the `length` predicted tokens. Evaluation writes eval/lm.json (held-out loss in
 nats and bits per token and per character, at each of `eval.lengths`, beside the floor and the
@@ -20,6 +25,7 @@ import numpy as np
 import optax
 from matplotlib.figure import Figure
 
+from substrax.data import algorithmic
 from substrax.data import lm as lm_data
 from substrax.models.lm import LanguageModel
 from substrax.models.transformer import block_config
@@ -28,7 +34,7 @@ from substrax.train.analysis import reporting
 from substrax.train.tasks import Task
 from substrax.train.validation import check_backbone, require
 
-SOURCES = ("markov", "hmm", "text", "tfds")
+SOURCES = ("markov", "hmm", "text", "tfds", "algorithmic")
 # Schemes with a table over positions: a model evaluates only up to model.max_len.
 TABLES = ("learned", "sinusoidal", "urpe")
 
@@ -48,6 +54,8 @@ def validate(config):
             f"need states >= 1 and symbols >= 2, got {d.states}, {d.symbols}")
     require(d.concentration > 0, "data.concentration",
             f"must be positive, got {d.concentration}")
+  elif d.source == "algorithmic":
+    return _validate_algorithmic(config)
   elif d.source == "text":
     require(bool(d.path), "data.path", "is required for source 'text' (a .txt file or folder)")
   else:
@@ -99,6 +107,8 @@ def load_source(config):
 
 def build(config) -> Task:
   d, m, e = config.data, config.model, config.eval
+  if d.source == "algorithmic":
+    return _build_algorithmic(config)
   train_data, heldout, source, floor_of = load_source(config)
   model = LanguageModel(source.vocab_size, m.width, m.depth, m.max_len, block_config(m))
   window = d.length + 1
@@ -219,3 +229,138 @@ def print_summary(r: dict):
       print(f"MatFormer granularities at L={x['length']}, held-out loss: " + ", ".join(
           f"d_ff/{f} {loss:.4f}" for f, loss in x["granularities"].items()))
 
+
+
+# ------------------------------------------------------------------------------ algorithmic
+
+def _validate_algorithmic(config):
+  d, m, e = config.data, config.model, config.eval
+  require(d.task in algorithmic.TASKS, "data.task",
+          f"unknown algorithmic task {d.task!r}; choose one of {', '.join(algorithmic.TASKS)}")
+  task = algorithmic.get(d.task)
+  require(1 <= d.train_max <= task.max_n, "data.train_max",
+          f"must be in [1, {task.max_n}] for {d.task}, got {d.train_max}")
+  longest = algorithmic.sequence_length(task, d.train_max)
+  require(d.length + 1 >= longest, "data.length",
+          f"a context of {d.length} + 1 tokens cannot hold a {d.task} example of size "
+          f"{d.train_max} ({longest} tokens)")
+  require(d.contexts > 0, "data.contexts", f"must be positive, got {d.contexts}")
+  check_backbone(m)
+  require(not m.mlp.granularities and not m.mlp.experts, "model.mlp",
+          "MatFormer granularities and EMoE experts are not scored on algorithmic tasks")
+  require(m.max_len >= d.length, "model.max_len",
+          f"must be at least data.length={d.length}, got {m.max_len}")
+  require(len(e.lengths) > 0 and all(1 <= n <= task.max_n for n in e.lengths), "eval.lengths",
+          f"must be instance sizes in [1, {task.max_n}] for {d.task}, got {tuple(e.lengths)}")
+  if m.positions in TABLES:
+    tokens = algorithmic.sequence_length(task, max(e.lengths)) - 1
+    require(tokens <= m.max_len, "eval.lengths",
+            f"a {d.task} example of size {max(e.lengths)} has {tokens} input tokens, more than "
+            f"model.max_len={m.max_len} positions {m.positions!r} cover")
+  require(e.num_sequences > 0, "eval.num_sequences",
+          f"must be positive, got {e.num_sequences}")
+
+
+def exact_match(logits, tokens, mask):
+  """(exact [batch]: every answer token and EOS is the argmax, token accuracy [batch]) of
+  teacher-forced logits [batch, T, vocab] against tokens [batch, T + 1] where mask [batch, T].
+
+  Exact match under teacher forcing is greedy decoding's exact match: when every answer
+  position's argmax is its target, greedy decoding from the prompt reproduces the answer and
+  stops; at the first position where it is not, the decoded answer departs from the target."""
+  right = (jnp.argmax(logits, -1) == tokens[:, 1:]) | (mask == 0)
+  answer = jnp.sum(mask, -1)
+  return jnp.all(right, -1), (jnp.sum(right * mask, -1) / answer)
+
+
+def _build_algorithmic(config) -> Task:
+  """Training contexts are a pool of `data.contexts` packed rows drawn once from numpy's
+  generator seeded by (config.seed, eval.seed + 1), passed to the step as data; the held-out
+  examples come from eval.seed, one per row from position 0."""
+  d, m, e = config.data, config.model, config.eval
+  task = algorithmic.get(d.task)
+  model = LanguageModel(algorithmic.VOCAB, m.width, m.depth, m.max_len, block_config(m))
+  pool_rng = np.random.default_rng([config.seed, e.seed + 1])
+  tokens, mask = algorithmic.packed_pool(task, pool_rng, d.contexts, d.length, d.train_max)
+
+  def sample_batch(data, key, step):
+    del step  # the key already depends on the step
+    rows = jax.random.randint(key, (config.batch_size,), 0, data["tokens"].shape[0])
+    return {"tokens": data["tokens"][rows], "mask": data["mask"][rows]}
+
+  def scores(params, model_state, batch):
+    """(mean answer loss, exact [batch], token accuracy [batch])."""
+    logits = model.apply({"params": params, **model_state}, batch["tokens"][:, :-1])
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["tokens"][:, 1:])
+    loss = jnp.sum(losses * batch["mask"]) / jnp.maximum(jnp.sum(batch["mask"]), 1.0)
+    return (loss, *exact_match(logits, batch["tokens"], batch["mask"]))
+
+  def loss_fn(params, model_state, batch, step):
+    del step
+    loss, exact, _ = scores(params, model_state, batch)
+    return loss, ({"exact_match": jnp.mean(exact)}, model_state)
+
+  def test_sets(count):
+    rng = np.random.default_rng(e.seed)
+    return {str(n): dict(zip(("tokens", "mask"), algorithmic.test_set(task, rng, count, n)))
+            for n in e.lengths}
+
+  def eval_step(params, model_state, data, step):
+    del step
+    out = {}
+    for n, batch in data.items():
+      loss, exact, _ = scores(params, model_state, batch)
+      out.update({f"loss_n{n}": loss, f"exact_n{n}": jnp.mean(exact)})
+    return out
+
+  score = jax.jit(scores)
+
+  def evaluate(params, model_state, workdir, step):
+    rows = []
+    for n, batch in test_sets(e.num_sequences).items():
+      parts = [score(params, model_state, {k: v[i:i + e.batch_size] for k, v in batch.items()})
+               for i in range(0, e.num_sequences, e.batch_size)]
+      exact = np.concatenate([np.asarray(p[1]) for p in parts])
+      rows.append({"n": int(n), "exact_match": float(exact.mean()),
+                   "token_accuracy": float(np.mean(np.concatenate(
+                       [np.asarray(p[2]) for p in parts]))),
+                   "examples": int(exact.size)})
+    payload = {"step": int(step), "task": d.task, "train_max": d.train_max,
+               "positions": m.positions, "lengths": rows, "curve": _exact_curve(workdir)}
+    out = os.path.join(workdir, "eval")
+    reporting.write_json(os.path.join(out, "algorithmic.json"), payload)
+    plot_exact(os.path.join(out, "algorithmic.png"), payload)
+    print(f"{d.task}, trained on sizes 1..{d.train_max}, {m.positions} positions, step {step}:")
+    print(reporting.format_table(["exact match", "token accuracy"], {
+        f"n={r['n']}": [f"{r['exact_match']:.3f}", f"{r['token_accuracy']:.3f}"] for r in rows},
+        first="size"))
+    return payload
+
+  return Task(model=model, init_inputs=(jnp.zeros((1, d.length), jnp.int32),),
+              train_data={"tokens": tokens, "mask": mask}, sample_batch=sample_batch,
+              batch_axes={"tokens": ("batch", None), "mask": ("batch", None)},
+              loss_fn=loss_fn, eval_data=test_sets(min(e.num_sequences, 256)),
+              eval_step=eval_step, evaluate=evaluate)
+
+
+def _exact_curve(workdir) -> dict:
+  """Exact match at each size eval_step logged, against the step, from metrics.jsonl."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  records = metrics.read_jsonl(path, "eval") if os.path.exists(path) else []
+  return {"step": [r["step"] for r in records],
+          "exact": {k[len("exact_n"):]: [r[k] for r in records]
+                    for k in (records[0] if records else {}) if k.startswith("exact_n")}}
+
+
+def plot_exact(path: str, r: dict):
+  fig = Figure(figsize=(6.4, 4.2), dpi=120)
+  ax = fig.subplots()
+  for n, values in r["curve"]["exact"].items():
+    ax.plot(r["curve"]["step"], values, "o-", lw=1.5, label=f"n = {n}")
+  ax.set(xlabel="step", ylabel="exact match (held out)", ylim=(-0.03, 1.03),
+         title=f"{r['task']}, trained on n <= {r['train_max']}, {r['positions']} positions")
+  ax.grid(alpha=0.3)
+  if r["curve"]["step"]:   # a run without evaluations during training has no curve
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path)
