@@ -10,8 +10,8 @@ answer, one instance per sequence from position 0, and writes eval/algorithmic.{
 benchmarks/length_generalization.py runs the tasks x positional schemes x seeds study
 (docs/length-generalization.md).
 
-Presets: tiny (tests), cpu (L = 8, a 2-layer width-64 model, 1000 steps), gpu/pod (L = 20 as
-in Zhou et al.'s CPU-scale setting, a 6-layer width-256 model).
+Presets: tiny (tests), cpu (L = 8, a 2-layer width-64 model, 1500 steps of 32 contexts),
+gpu/pod (L = 20, a 6-layer width-256 model).
 """
 import ml_collections
 
@@ -37,10 +37,10 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
     c.eval.update(lengths=(4, 6), num_sequences=64, batch_size=64)
   elif preset == "cpu":
     c.batch_size = 32
-    c.num_steps = 1000
+    c.num_steps = 1500
     c.log_every_steps = 100
     c.eval_every_steps = 250
-    c.checkpoint.every_steps = 1000
+    c.checkpoint.every_steps = 1500
   else:
     c.data.update(train_max=20, length=256)
     c.model.max_len = 256

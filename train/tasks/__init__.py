@@ -12,7 +12,8 @@ from substrax.train.errors import ConfigError
 
 REGISTRY = {"icl": "substrax.train.tasks.icl", "lra": "substrax.train.tasks.lra",
             "lm": "substrax.train.tasks.lm", "positions": "substrax.train.tasks.positions",
-            "video": "substrax.train.tasks.video", "mesa": "substrax.train.tasks.mesa"}
+            "video": "substrax.train.tasks.video", "mesa": "substrax.train.tasks.mesa",
+            "programs": "substrax.train.tasks.programs"}
 
 
 @dataclasses.dataclass(frozen=True)
