@@ -37,13 +37,14 @@ from matplotlib.figure import Figure
 
 from substrax.configs import lm_algorithmic
 from substrax.data import algorithmic, rasp_programs
-from substrax.train import optim
+from substrax.train import optim, trainer
+from substrax.train.errors import ConfigError
 from substrax.train import step as step_lib
 from substrax.train.tasks import lm
 
 flags.DEFINE_string("preset", "cpu", "Preset of configs/lm_algorithmic.py.")
-flags.DEFINE_list("tasks", ["count", "copy_unique", "sort", "mode", "histogram", "reverse",
-                            "copy_repeat", "parity"], "data.task values.")
+flags.DEFINE_list("tasks", ["count", "copy_unique", "mode", "sort", "parity_scratchpad",
+                            "reverse", "copy_repeat", "parity"], "data.task values.")
 flags.DEFINE_list("schemes", ["learned", "rope", "none"], "model.positions values.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds (config.seed).")
 flags.DEFINE_multi_string("set", [], "KEY=VALUE config overrides for every cell, e.g. "
@@ -83,7 +84,7 @@ def config_of(task: str, scheme: str, seed: int):
   c.update_from_flattened_dict({"data.task": task, "model.positions": scheme, "seed": seed,
                                 "data.length": length, "model.max_len": length,
                                 "eval.lengths": tests})
-  lm.validate(c)
+  trainer.validate(c)
   return c
 
 
@@ -151,6 +152,21 @@ def train_cell(task: str, scheme: str) -> float:
     print(f"  {task} {scheme} seed {seed}: exact match " + ", ".join(
         f"n={r['n']} {r['exact_match']:.3f}" for r in report["lengths"]), flush=True)
   return time.perf_counter() - start
+
+
+def claim_root():
+  """ROOT/study.json records the preset and --set; a rerun with other settings would mix
+  cells of two studies, so it stops instead."""
+  path = os.path.join(FLAGS.root, "study.json")
+  settings = {"preset": FLAGS.preset, "set": sorted(FLAGS.set)}
+  if os.path.exists(path):
+    with open(path) as f:
+      if json.load(f) != settings:
+        raise app.UsageError(f"{FLAGS.root} holds a study with other settings ({path}); "
+                             "choose another --root")
+  os.makedirs(FLAGS.root, exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(settings, f)
 
 
 def train_all(num_steps: int) -> dict:
@@ -249,8 +265,13 @@ def plot(path: str, summary: dict):
 
 def main(argv):
   del argv
-  for task in FLAGS.tasks:
-    algorithmic.get(task)   # an unknown task fails before any run
+  try:   # a bad task, scheme or --set fails in one line before any training
+    for task in FLAGS.tasks:
+      for scheme in FLAGS.schemes:
+        config_of(task, scheme, 0)
+  except (ConfigError, ValueError) as err:
+    raise app.UsageError(str(err)) from None
+  claim_root()
   start = time.perf_counter()
   walls = train_all(preset_config().num_steps)
   wall = time.perf_counter() - start

@@ -59,6 +59,8 @@ class Task:
   solve: Callable[[list], list]                        # prompt -> the answer
   check: Callable[[list, list], bool]                  # (prompt, answer) -> correct?
   max_n: int                                           # the largest n the symbols allow
+  # The longest answer of size n, where answers of one size differ in length; else None.
+  longest_answer: Callable[[int], int] | None = None
 
 
 # ------------------------------------------------------------------------------- solvers
@@ -240,8 +242,8 @@ def _equals(solve):
   return lambda prompt, answer: answer == solve(prompt)
 
 
-def _task(name, sample, solve, check=None, max_n=100):
-  return Task(name, sample, solve, check or _equals(solve), max_n)
+def _task(name, sample, solve, check=None, max_n=100, longest_answer=None):
+  return Task(name, sample, solve, check or _equals(solve), max_n, longest_answer)
 
 
 TASKS = {t.name: t for t in [
@@ -253,7 +255,8 @@ TASKS = {t.name: t for t in [
     _task("copy_repeat", _tokens(4), list),
     _task("histogram", _tokens(8), _histogram_solve),
     _task("double_histogram", _tokens(8), _double_histogram_solve),
-    _task("most_frequent", _tokens(8), _most_frequent_solve),
+    _task("most_frequent", _tokens(8), _most_frequent_solve,
+          longest_answer=lambda n: min(n, 8)),
     _task("dyck1", _dyck_sample("dyck1"), _dyck_solve("dyck1")),
     _task("dyck2", _dyck_sample("dyck2"), _dyck_solve("dyck2")),
     _task("parity", _tokens(2), lambda p: [sum(p) % 2], _parity_check),
@@ -281,9 +284,11 @@ def encode(prompt, answer=()) -> list:
 
 
 def sequence_length(task: Task, n: int) -> int:
-  """Tokens of a size-n example (the longest, for tasks whose answer length varies)."""
-  rng = np.random.default_rng(0)
-  return max(len(encode(p, task.solve(p))) for p in (task.sample(rng, n) for _ in range(16)))
+  """Tokens of a size-n example, the longest where answer lengths vary: BOS, SEP and EOS
+  around the prompt and the answer (a prompt's length depends on n only)."""
+  prompt = task.sample(np.random.default_rng(0), n)
+  answer = task.longest_answer(n) if task.longest_answer else len(task.solve(prompt))
+  return len(prompt) + answer + 3
 
 
 def examples(task: Task, rng: np.random.Generator, sizes) -> list[tuple[list, list]]:
@@ -303,12 +308,15 @@ def _answer_mask(prompt, answer) -> list:
 
 def packed_pool(task: Task, rng: np.random.Generator, contexts: int, length: int,
                 max_n: int) -> tuple[np.ndarray, np.ndarray]:
-  """Training contexts of `length` + 1 tokens, each filled with whole examples of sizes
-  uniform in [1, max_n] back to back and padded at the end: (tokens int32 [contexts,
-  length + 1], loss mask float32 [contexts, length] over the targets tokens[:, 1:]).
+  """Training contexts of `length` + 1 tokens, each filled with whole examples back to back
+  and padded at the end: (tokens int32 [contexts, length + 1], loss mask float32 [contexts,
+  length] over the targets tokens[:, 1:]).
 
-  Packing puts examples at every offset, so every position of a learned table is trained and
-  a length-n example later evaluated at position 0 is not the first the model sees there."""
+  Sizes are drawn uniformly from [1, max_n]; the first example that does not fit ends its row
+  and is dropped, so a row's last slot favours small sizes and large sizes are somewhat rarer
+  than uniform. Packing puts examples at every offset, so every position of a learned table
+  is trained and a length-n example later evaluated at position 0 is not the first the model
+  sees there."""
   if sequence_length(task, max_n) > length + 1:
     raise ValueError(f"a context of {length + 1} tokens cannot hold a {task.name} example of "
                      f"size {max_n}")
@@ -317,7 +325,8 @@ def packed_pool(task: Task, rng: np.random.Generator, contexts: int, length: int
   for row in range(contexts):
     pos = 0
     while True:
-      prompt, answer = examples(task, rng, rng.integers(1, max_n + 1, 1))[0]
+      prompt = task.sample(rng, int(rng.integers(1, max_n + 1)))
+      answer = task.solve(prompt)
       seq = encode(prompt, answer)
       if pos + len(seq) > length + 1:
         break

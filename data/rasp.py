@@ -14,8 +14,10 @@ generalizes to longer inputs:
   next-token predictor and its prediction at t depends on tokens[:t + 1] only;
 - no index arithmetic: `indices` (and anything aggregated from them) may only be compared with
   another value inside a select predicate, never passed to tok_map / seq_map (no `i + 1`,
-  `n - i`). Here this is enforced: such values carry the `Index` array type and the maps
-  refuse it. Counts, token values and hint symbols are ordinary values and may be mapped;
+  `n - i`). Here such values carry the `Index` array type and the maps refuse it. Counts, token
+  values and hint symbols are ordinary values and may be mapped. The guard is therefore looser
+  than the intent: a count of positions (sel_width over "is in the prompt") is a position
+  re-derived, and arithmetic on it passes (a reverse written that way runs correctly here);
 - maps are lookup tables over the values that occur (what an MLP can store), and predicates
   are the comparisons ==, !=, <, <=, >, >= (key OP query) or "true".
 

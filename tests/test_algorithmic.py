@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import cli
 
-from substrax.configs import lm_algorithmic
+from substrax.configs import lm_algorithmic, lm_markov
 from substrax.data import algorithmic
 from substrax.models.lm import LanguageModel
 from substrax.models.transformer import BlockConfig
@@ -27,9 +27,10 @@ def test_every_generated_answer_passes_its_checker_and_a_changed_one_fails(name)
     answer = task.solve(prompt)
     assert all(0 <= s < algorithmic.SYMBOLS for s in prompt + answer)
     assert task.check(prompt, answer), (n, prompt, answer)
-    wrong = list(answer)
-    wrong[-1] = (wrong[-1] + 1) % algorithmic.SYMBOLS
-    assert not task.check(prompt, wrong), (n, prompt, wrong)
+    for i in {0, len(answer) - 1, int(rng.integers(len(answer)))}:
+      wrong = list(answer)
+      wrong[i] = (wrong[i] + 1) % algorithmic.SYMBOLS
+      assert not task.check(prompt, wrong), (n, prompt, wrong)
     assert not task.check(prompt, answer + answer[-1:])
 
 
@@ -132,11 +133,22 @@ def test_teacher_forced_exact_match_is_greedy_decoding():
     ({"eval.lengths": (4, 40)}, "eval.lengths"),       # learned positions cover 32
     ({"eval.lengths": (4, 200)}, "eval.lengths"),      # count's symbols end at 128
     ({"model.mlp.granularities": (2, 1)}, "model.mlp"),
+    ({"eval.batch_size": 0}, "eval.batch_size"),
+    ({"data.task": "copy_unique", "data.length": 96, "model.max_len": 96,
+      "eval.lengths": (4, 40)}, "eval.lengths"),       # symbols above 32 never trained
 ])
 def test_config_errors_name_the_key(changes, key):
   config = lm_algorithmic.get_config("tiny")
   config.update_from_flattened_dict(changes)
   with pytest.raises(ConfigError, match=f"^{key}: "):
+    trainer.validate(config)
+
+
+def test_another_lm_config_switched_to_algorithmic_names_the_missing_keys():
+  config = lm_markov.get_config("tiny")
+  config.data.source = "algorithmic"
+  with pytest.raises(ConfigError, match="^data: source 'algorithmic' needs data.task, "
+                     "data.train_max, data.contexts"):
     trainer.validate(config)
 
 

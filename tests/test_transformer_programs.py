@@ -102,10 +102,10 @@ def test_cli_trains_discretises_and_decompiles(tmp_path):
   assert run.returncode == 0, run.stderr
   report = json.load(open(os.path.join(workdir, "eval", "programs.json")))
   assert report["agreement"] == 1.0 and report["num_sequences"] == 500
-  assert report["gap"] == pytest.approx(report["soft_accuracy"] - report["discrete_accuracy"])
   source = open(os.path.join(workdir, "eval", "program.py")).read()
   assert report["program_lines"] == len(source.splitlines())
-  assert tp.load_program(source)([0, 1, 2, 3, 4, 5, 6, 7]) is not None
+  labels = tp.load_program(source)([0, 1, 2, 3, 4, 5, 6, 7])
+  assert len(labels) == 9 and all(0 <= y < 9 for y in labels)
   assert "program agreement 1.0000" in run.stdout
 
 

@@ -235,6 +235,9 @@ def print_summary(r: dict):
 
 def _validate_algorithmic(config):
   d, m, e = config.data, config.model, config.eval
+  missing = [k for k in ("task", "train_max", "contexts") if k not in d]
+  require(not missing, "data", f"source 'algorithmic' needs data.{', data.'.join(missing)} "
+          "(see configs/lm_algorithmic.py)")
   require(d.task in algorithmic.TASKS, "data.task",
           f"unknown algorithmic task {d.task!r}; choose one of {', '.join(algorithmic.TASKS)}")
   task = algorithmic.get(d.task)
@@ -257,8 +260,12 @@ def _validate_algorithmic(config):
     require(tokens <= m.max_len, "eval.lengths",
             f"a {d.task} example of size {max(e.lengths)} has {tokens} input tokens, more than "
             f"model.max_len={m.max_len} positions {m.positions!r} cover")
+  if d.task == "copy_unique":   # its symbols come from max(32, n)
+    require(max(e.lengths) <= max(32, d.train_max), "eval.lengths",
+            f"copy_unique sizes above {max(32, d.train_max)} hold symbols training never shows")
   require(e.num_sequences > 0, "eval.num_sequences",
           f"must be positive, got {e.num_sequences}")
+  require(e.batch_size > 0, "eval.batch_size", f"must be positive, got {e.batch_size}")
 
 
 def exact_match(logits, tokens, mask):
@@ -269,7 +276,7 @@ def exact_match(logits, tokens, mask):
   position's argmax is its target, greedy decoding from the prompt reproduces the answer and
   stops; at the first position where it is not, the decoded answer departs from the target."""
   right = (jnp.argmax(logits, -1) == tokens[:, 1:]) | (mask == 0)
-  answer = jnp.sum(mask, -1)
+  answer = jnp.maximum(jnp.sum(mask, -1), 1.0)
   return jnp.all(right, -1), (jnp.sum(right * mask, -1) / answer)
 
 
@@ -289,7 +296,8 @@ def _build_algorithmic(config) -> Task:
     return {"tokens": data["tokens"][rows], "mask": data["mask"][rows]}
 
   def scores(params, model_state, batch):
-    """(mean answer loss, exact [batch], token accuracy [batch])."""
+    """(mean answer loss, exact [batch], token accuracy [batch]); in a packed context "exact"
+    needs every example of the row right."""
     logits = model.apply({"params": params, **model_state}, batch["tokens"][:, :-1])
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["tokens"][:, 1:])
     loss = jnp.sum(losses * batch["mask"]) / jnp.maximum(jnp.sum(batch["mask"]), 1.0)
@@ -297,8 +305,8 @@ def _build_algorithmic(config) -> Task:
 
   def loss_fn(params, model_state, batch, step):
     del step
-    loss, exact, _ = scores(params, model_state, batch)
-    return loss, ({"exact_match": jnp.mean(exact)}, model_state)
+    loss, _, accuracy = scores(params, model_state, batch)
+    return loss, ({"answer_accuracy": jnp.mean(accuracy)}, model_state)
 
   def test_sets(count):
     rng = np.random.default_rng(e.seed)
