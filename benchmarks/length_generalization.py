@@ -7,9 +7,10 @@
 Each cell (task, scheme) trains its seeds together: the lm task's model, loss, data pool and
 train_step (what `substrax-train --config=configs/lm_algorithmic.py:PRESET` runs) under one
 jax.vmap over the seeds, with the trainer's keys (init fold_in(key(seed), 0), batches
-fold_in(fold_in(key(seed), 1), step)). On 2 CPU cores one compiled step for three seeds does
-several times the work per second of three separate runs, which is what puts the study within
-an hour. Every seed's report is the task's own eval/algorithmic.json, in
+fold_in(fold_in(key(seed), 1), step)): one compile and one process per cell instead of per
+seed. It is not bit-identical to a substrax-train run of the same seed (vmap changes the
+float reduction order, and training amplifies it; docs/length-generalization.md gives the
+measured difference). Every seed's report is the task's own eval/algorithmic.json, in
 ROOT/<task>/<scheme>/seed<K>; finished cells are skipped, so rerunning the command completes
 the study. Each task's packed context and position table cover its longest test instance, so
 learned positions are trained at every position a test uses.
