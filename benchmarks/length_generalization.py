@@ -281,14 +281,19 @@ def main(argv):
   print(table(summary))
   out = FLAGS.out or os.path.join(FLAGS.root, "length_generalization.json")
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  if os.path.exists(out):   # a rerun keeps the wall times of the cells it skipped
+    with open(out) as f:
+      walls = {**json.load(f).get("cell_wall_s", {}), **walls}
   with open(out, "w") as f:
     json.dump({"preset": FLAGS.preset, "set": FLAGS.set,
                "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
-               "command_wall_s": wall, "cell_wall_s": walls, "summary": summary, "runs": runs},
+               "command_wall_s": wall, "cell_wall_s": walls,
+               "train_wall_s": sum(walls.values()), "summary": summary, "runs": runs},
               f, indent=1)
   plot_path = FLAGS.plot or os.path.join(FLAGS.root, "length_generalization.png")
   plot(plot_path, summary)
-  print(f"wall time {wall / 60:.1f} min; table {out}; plot {plot_path}")
+  print(f"this command {wall / 60:.1f} min, every cell's training {sum(walls.values()) / 60:.1f} "
+        f"min; table {out}; plot {plot_path}")
 
 
 if __name__ == "__main__":
