@@ -36,6 +36,7 @@ import numpy as np
 from absl import app, flags
 from matplotlib.figure import Figure
 
+import study
 from substrax.configs import lm_algorithmic
 from substrax.data import algorithmic, rasp_programs
 from substrax.train import optim, trainer
@@ -95,14 +96,6 @@ def run_dir(task: str, scheme: str, seed: str) -> str:
 
 def report_path(workdir: str) -> str:
   return os.path.join(workdir, "eval", "algorithmic.json")
-
-
-def finished(workdir: str, num_steps: int) -> bool:
-  path = report_path(workdir)
-  if not os.path.exists(path):
-    return False
-  with open(path) as f:
-    return json.load(f)["step"] == num_steps
 
 
 def train_cell(task: str, scheme: str) -> float:
@@ -174,7 +167,8 @@ def train_all(num_steps: int) -> dict:
   walls = {}
   for task in FLAGS.tasks:
     for scheme in FLAGS.schemes:
-      if all(finished(run_dir(task, scheme, s), num_steps) for s in FLAGS.seeds):
+      if all(study.finished(report_path(run_dir(task, scheme, s)), num_steps)
+             for s in FLAGS.seeds):
         print(f"{task} {scheme}: done already", flush=True)
         continue
       wall = train_cell(task, scheme)

@@ -25,7 +25,7 @@ import numpy as np
 import optax
 from matplotlib.figure import Figure
 
-from substrax.data import algorithmic
+from substrax.data import algorithmic, pipeline
 from substrax.data import lm as lm_data
 from substrax.models.lm import LanguageModel
 from substrax.models.transformer import block_config
@@ -190,10 +190,15 @@ def _row(length, loss, floor, source) -> dict:
   return row
 
 
-def _curve(workdir) -> dict:
-  """The held-out loss eval_step logged at each evaluation, from metrics.jsonl."""
+def _eval_records(workdir) -> list[dict]:
+  """What eval_step logged at each evaluation, from metrics.jsonl ([] before any)."""
   path = os.path.join(workdir, "metrics.jsonl")
-  records = metrics.read_jsonl(path, "eval") if os.path.exists(path) else []
+  return metrics.read_jsonl(path, "eval") if os.path.exists(path) else []
+
+
+def _curve(workdir) -> dict:
+  """The held-out loss eval_step logged at each evaluation."""
+  records = _eval_records(workdir)
   return {"step": [r["step"] for r in records], "loss": [r["loss"] for r in records]}
 
 
@@ -293,7 +298,7 @@ def _build_algorithmic(config) -> Task:
   def sample_batch(data, key, step):
     del step  # the key already depends on the step
     rows = jax.random.randint(key, (config.batch_size,), 0, data["tokens"].shape[0])
-    return {"tokens": data["tokens"][rows], "mask": data["mask"][rows]}
+    return pipeline.take(data, rows)
 
   def scores(params, model_state, batch):
     """(mean answer loss, exact [batch], token accuracy [batch]); in a packed context "exact"
@@ -325,14 +330,13 @@ def _build_algorithmic(config) -> Task:
 
   def evaluate(params, model_state, workdir, step):
     rows = []
-    for n, batch in test_sets(e.num_sequences).items():
-      parts = [score(params, model_state, {k: v[i:i + e.batch_size] for k, v in batch.items()})
-               for i in range(0, e.num_sequences, e.batch_size)]
-      exact = np.concatenate([np.asarray(p[1]) for p in parts])
+    for n, examples in test_sets(e.num_sequences).items():
+      exact, accuracy = (np.concatenate(parts) for parts in zip(*(
+          (np.asarray(s[1])[:valid], np.asarray(s[2])[:valid])
+          for batch, valid in pipeline.batches(examples, e.batch_size)
+          for s in [score(params, model_state, batch)])))
       rows.append({"n": int(n), "exact_match": float(exact.mean()),
-                   "token_accuracy": float(np.mean(np.concatenate(
-                       [np.asarray(p[2]) for p in parts]))),
-                   "examples": int(exact.size)})
+                   "token_accuracy": float(accuracy.mean()), "examples": int(exact.size)})
     payload = {"step": int(step), "task": d.task, "train_max": d.train_max,
                "positions": m.positions, "lengths": rows, "curve": _exact_curve(workdir)}
     out = os.path.join(workdir, "eval")
@@ -352,9 +356,8 @@ def _build_algorithmic(config) -> Task:
 
 
 def _exact_curve(workdir) -> dict:
-  """Exact match at each size eval_step logged, against the step, from metrics.jsonl."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  records = metrics.read_jsonl(path, "eval") if os.path.exists(path) else []
+  """Exact match at each size eval_step logged, against the step."""
+  records = _eval_records(workdir)
   return {"step": [r["step"] for r in records],
           "exact": {k[len("exact_n"):]: [r[k] for r in records]
                     for k in (records[0] if records else {}) if k.startswith("exact_n")}}

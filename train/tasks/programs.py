@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from substrax.data import algorithmic
+from substrax.data import algorithmic, pipeline
 from substrax.models import transformer_programs as tp
 from substrax.train.analysis import reporting
 from substrax.train.tasks import Task
@@ -102,7 +102,7 @@ def build(config) -> Task:
   def sample_batch(data, key, step):
     del step  # the key already depends on the step
     rows = jax.random.randint(key, (config.batch_size,), 0, data["tokens"].shape[0])
-    return jax.tree.map(lambda x: x[rows], data)
+    return pipeline.take(data, rows)
 
   def scores(logits, labels):
     """(mean cross-entropy, token accuracy), both over the prompt positions (not BOS)."""
