@@ -39,6 +39,8 @@ setup(
         "matplotlib>=3.9",
         "numpy>=2.0",
         "scipy>=1.13",   # balanced k-means (linear_sum_assignment), exact binomial intervals
+        # BPE (data/tokenization.py); merges and their tie-breaking are this release line's.
+        "tokenizers~=0.23.3",
     ],
     extras_require={
         # Real MNIST digits (sMNIST and Moving-MNIST configs): data/digits.py reads the 5,000

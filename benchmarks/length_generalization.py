@@ -4,16 +4,16 @@
   python benchmarks/length_generalization.py                    # 8 tasks x 3 schemes x 3 seeds
   python benchmarks/length_generalization.py --tasks=count,sort --seeds=0
 
-Each cell (task, scheme) trains its seeds together: the lm task's model, loss, data pool and
-train_step (what `substrax-train --config=configs/lm_algorithmic.py:PRESET` runs) under one
-jax.vmap over the seeds, with the trainer's keys (init fold_in(key(seed), 0), batches
-fold_in(fold_in(key(seed), 1), step)): one compile and one process per cell instead of per
-seed. It is not bit-identical to a substrax-train run of the same seed (vmap changes the
-float reduction order, and training amplifies it; docs/length-generalization.md gives the
-measured difference). Every seed's report is the task's own eval/algorithmic.json, in
-ROOT/<task>/<scheme>/seed<K>; finished cells are skipped, so rerunning the command completes
-the study. Each task's packed context and position table cover its longest test instance, so
-learned positions are trained at every position a test uses.
+Each cell (task, scheme) trains its seeds together (study.train_together): the lm task's
+model, loss, data pool and train_step (what `substrax-train
+--config=configs/lm_algorithmic.py:PRESET` runs) under one jax.vmap over the seeds, with the
+trainer's keys: one compile and one process per cell instead of per seed. It is not
+bit-identical to a substrax-train run of the same seed (vmap changes the float reduction order,
+and training amplifies it; docs/length-generalization.md gives the measured difference).
+Every seed's report is the task's own eval/algorithmic.json, in ROOT/<task>/<scheme>/seed<K>;
+finished cells are skipped, so rerunning the command completes the study. Each task's packed
+context and position table cover its longest test instance, so learned positions are trained
+at every position a test uses.
 
 Then it prints a markdown table (rows: task and scheme, tasks ordered by their best scheme's
 mean exact match at 1.5L; cells: mean [min, max] over seeds), marking the tasks with a RASP-L
@@ -29,9 +29,7 @@ import os
 import platform
 import time
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 from matplotlib.figure import Figure
@@ -39,9 +37,8 @@ from matplotlib.figure import Figure
 import study
 from substrax.configs import lm_algorithmic
 from substrax.data import algorithmic, rasp_programs
-from substrax.train import optim, trainer
+from substrax.train import trainer
 from substrax.train.errors import ConfigError
-from substrax.train import step as step_lib
 from substrax.train.tasks import lm
 
 flags.DEFINE_string("preset", "cpu", "Preset of configs/lm_algorithmic.py.")
@@ -101,48 +98,13 @@ def report_path(workdir: str) -> str:
 def train_cell(task: str, scheme: str) -> float:
   """Trains the cell's seeds under one vmap and writes each seed's report; the wall time."""
   start = time.perf_counter()
-  seeds = [int(s) for s in FLAGS.seeds]
-  configs = [config_of(task, scheme, s) for s in seeds]
-  config = configs[0]
-  built = [lm.build(c) for c in configs]   # each seed draws its own training pool
-  task_fns = built[0]
-  data = jax.tree.map(lambda *x: jnp.stack(x), *(b.train_data for b in built))
-  schedule = optim.make_schedule(config.optim, config.num_steps)
-  tx = optim.make_optimizer(config.optim, schedule)
-  keys = [[jax.random.fold_in(jax.random.key(s), i) for s in seeds] for i in (0, 1)]
-  init_keys, data_keys = (jnp.stack(k) for k in keys)
-
-  def init(key):
-    return nn.meta.unbox(step_lib.init_state(key, model=task_fns.model,
-                                             inputs=task_fns.init_inputs, tx=tx))
-
-  def update(state, data, data_key):
-    batch = task_fns.sample_batch(data, jax.random.fold_in(data_key, state.step), state.step)
-    return step_lib.train_step(state, batch, loss_fn=task_fns.loss_fn, tx=tx,
-                               schedule=schedule)
-
-  def steps(states, data, data_keys, n):
-    def body(states, _):
-      states, metrics = jax.vmap(update)(states, data, data_keys)
-      return states, metrics["loss"]
-    return jax.lax.scan(body, states, length=n)
-
-  run = jax.jit(steps, static_argnums=3, donate_argnums=0)
-  states = jax.jit(jax.vmap(init))(init_keys)
-  done = 0
-  while done < config.num_steps:
-    n = min(FLAGS.chunk, config.num_steps - done)
-    tick = time.perf_counter()
-    states, losses = run(states, data, data_keys, n)
-    losses = np.asarray(losses)
-    done += n
-    print(f"  {task} {scheme} step {done}: answer loss per seed "
-          f"{np.array2string(losses[-1], precision=4)}, "
-          f"{n * len(seeds) / (time.perf_counter() - tick):.0f} seed-steps/s", flush=True)
+  configs = [config_of(task, scheme, int(s)) for s in FLAGS.seeds]
+  # Each seed draws its own training pool.
+  task_fns, states, _ = study.train_together(configs, lm.build, FLAGS.chunk, f"{task} {scheme}")
   for i, seed in enumerate(FLAGS.seeds):
     params = jax.tree.map(lambda x: x[i], states.params)
     with contextlib.redirect_stdout(io.StringIO()):   # the task's table, one line here
-      report = task_fns.evaluate(params, {}, run_dir(task, scheme, seed), done)
+      report = task_fns.evaluate(params, {}, run_dir(task, scheme, seed), configs[0].num_steps)
     print(f"  {task} {scheme} seed {seed}: exact match " + ", ".join(
         f"n={r['n']} {r['exact_match']:.3f}" for r in report["lengths"]), flush=True)
   return time.perf_counter() - start

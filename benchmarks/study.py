@@ -1,4 +1,5 @@
-"""One substrax-train subprocess per cell of a study (lra_runs.py, fluid_runs.py).
+"""Running a study's cells: one substrax-train subprocess per cell (lra_runs.py, fluid_runs.py),
+or several configs of one task trained together under jax.vmap (train_together).
 
 A finished run (its eval JSON written at the last step) is skipped and an interrupted one
 resumes from its checkpoint, so rerunning a study's command completes it. Each run's wall time
@@ -9,6 +10,14 @@ import os
 import subprocess
 import sys
 import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from substrax.train import optim
+from substrax.train import step as step_lib
 
 
 def finished(eval_json: str, num_steps: int) -> bool:
@@ -43,3 +52,92 @@ def read_wall(run_dir: str):
     return None
   with open(path) as f:
     return json.load(f)["wall_s"]
+
+
+def train_together(configs, build, chunk: int, label: str, evaluate: bool = False):
+  """Trains one task's configs under one jax.vmap: one compile and one process for all of them.
+
+  The configs may differ only in seed, optim.learning_rate and `data` settings that change the
+  data's values, not its shapes; `build(config)` makes each one's Task, and each member trains
+  and is evaluated on its own train_data and eval_data. Keys are the trainer's (init
+  fold_in(key(seed), 0), batches fold_in(fold_in(key(seed), 1), step)), and each member's
+  learning rate scales the first config's warmup-cosine schedule, which is linear in its peak,
+  so every member follows its own config's schedule. vmap changes the float reduction order,
+  so a member is not bit-identical to a substrax-train run of the same config.
+
+  Returns (the first config's Task, the stacked final TrainState, the held-out curve): with
+  `evaluate`, the task's eval_step runs on every member after each chunk of steps, and the
+  curve is {"step": [...], metric: array [evaluations, members]}.
+  """
+  config = configs[0]
+  shared = lambda c: {k: v for k, v in c.to_dict().items() if k not in ("seed", "data")} | {
+      "optim": {k: v for k, v in c.optim.to_dict().items() if k != "learning_rate"}}
+  for c in configs[1:]:
+    if shared(c) != shared(config):
+      raise ValueError("train_together: configs may differ only in seed, optim.learning_rate "
+                       "and data")
+  if min(c.optim.learning_rate for c in configs) <= 0:
+    raise ValueError("train_together: every optim.learning_rate must be positive")
+  built = [build(c) for c in configs]
+  task = built[0]
+  stack = lambda trees: jax.tree.map(lambda *x: jnp.stack(x), *trees)
+  data = stack([b.train_data for b in built])
+  eval_data = stack([b.eval_data for b in built])
+  schedule = optim.make_schedule(config.optim, config.num_steps)
+  scales = jnp.array([c.optim.learning_rate / config.optim.learning_rate for c in configs],
+                     jnp.float32)
+  keys = [[jax.random.fold_in(jax.random.key(c.seed), i) for c in configs] for i in (0, 1)]
+  init_keys, data_keys = (jnp.stack(k) for k in keys)
+
+  def init(key):
+    tx = optim.make_optimizer(config.optim, schedule)
+    return nn.meta.unbox(step_lib.init_state(key, model=task.model, inputs=task.init_inputs,
+                                             tx=tx))
+
+  def update(state, data, data_key, scale):
+    member_schedule = lambda step: scale * schedule(step)
+    tx = optim.make_optimizer(config.optim, member_schedule)
+    batch = task.sample_batch(data, jax.random.fold_in(data_key, state.step), state.step)
+    return step_lib.train_step(state, batch, loss_fn=task.loss_fn, tx=tx,
+                               schedule=member_schedule)
+
+  def steps(states, data, data_keys, scales, n):
+    def body(states, _):
+      states, metrics = jax.vmap(update)(states, data, data_keys, scales)
+      return states, metrics["loss"]
+    return jax.lax.scan(body, states, length=n)
+
+  run = jax.jit(steps, static_argnums=4, donate_argnums=0)
+  held_out = jax.jit(jax.vmap(task.eval_step, in_axes=(0, 0, 0, None)))
+  states = jax.jit(jax.vmap(init))(init_keys)
+  curve = {"step": []}
+  done = 0
+  while done < config.num_steps:
+    n = min(chunk, config.num_steps - done)
+    tick = time.perf_counter()
+    states, losses = run(states, data, data_keys, scales, n)
+    losses = np.asarray(losses)
+    done += n
+    line = (f"  {label} step {done}: training loss per member "
+            f"{np.array2string(losses[-1], precision=4)}")
+    if evaluate:
+      scores = held_out(states.params, states.model_state, eval_data, done)
+      curve["step"].append(done)
+      for k, v in scores.items():
+        curve.setdefault(k, []).append(np.asarray(v))
+      line += f", held out {np.array2string(np.asarray(scores['loss']), precision=4)}"
+    print(f"{line}, {n * len(configs) / (time.perf_counter() - tick):.0f} member-steps/s",
+          flush=True)
+  curve = {k: v if k == "step" else np.stack(v) for k, v in curve.items()}
+  return task, states, curve
+
+
+def write_curve(workdir: str, curve: dict, member: int):
+  """A member's held-out curve as the eval records of WORKDIR/metrics.jsonl, the file a
+  trainer run writes, so that the task's evaluate() reports and plots it."""
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "metrics.jsonl.tmp"), "w") as f:
+    for i, step in enumerate(curve["step"]):
+      record = {k: float(v[i, member]) for k, v in curve.items() if k != "step"}
+      f.write(json.dumps({"step": int(step), "split": "eval", **record}) + "\n")
+  os.replace(os.path.join(workdir, "metrics.jsonl.tmp"), os.path.join(workdir, "metrics.jsonl"))

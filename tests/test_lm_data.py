@@ -350,3 +350,50 @@ def test_tfds_errors(lm_tfds_dir, tmp_path):
     lm.load_tfds("wikitext", lm_tfds_dir)
   with pytest.raises(ValueError, match="max_records"):
     lm.load_tfds("lm1b", lm_tfds_dir, max_records=0)
+
+
+# -------------------------------------------- closed forms against counts and enumeration
+
+@pytest.mark.parametrize("p, q", [(0.8, 0.8), (P, Q)])
+def test_switching_source_entropy_over_a_million_symbols_matches_the_closed_form(p, q):
+  x = lm.markov_heldout(7, 1000, 1000, 4, p, q)
+  prev, cur = x[:, :-4].ravel(), x[:, 4:].ravel()   # the pairs (x_{n-4}, x_n)
+  counts = np.array([[np.sum((prev == a) & (cur == b)) for b in (0, 1)] for a in (0, 1)])
+  joint = counts / counts.sum()
+  conditional = _entropy(joint.ravel()) - _entropy(joint.sum(1))   # H(x_n | x_{n-4}) in nats
+  rate = lm.markov_entropy_rate(p, q)
+  # 0.5% is about 4 standard errors at 10^6 symbols; swapping pi0 and pi1 (P, Q) is 4% off.
+  assert abs(conditional / rate - 1) < 0.005, (conditional, rate)
+
+
+@pytest.mark.parametrize("seed, symbols", [(0, 3), (5, 4)])
+def test_forward_losses_equal_brute_force_over_every_state_path(seed, symbols):
+  params = lm.hmm_params(seed, states=3, symbols=symbols, concentration=0.7)
+  init, trans, emit = params["initial"], params["transition"], params["emission"]
+  length = 6
+
+  def prefix_probs(x):
+    """P(x_1..x_t) [n, length] for every t: a sum over all 3^t state paths, vectorised."""
+    out = np.empty(x.shape)
+    for t in range(1, length + 1):
+      paths = np.array(list(itertools.product(range(3), repeat=t)))   # [3^t, t]
+      p = init[paths[:, 0]] * emit[paths[:, 0]][:, x[:, 0]].T          # [n, 3^t]
+      for s in range(1, t):
+        p = p * trans[paths[:, s - 1], paths[:, s]] * emit[paths[:, s]][:, x[:, s]].T
+      out[:, t - 1] = p.sum(1)
+    return out
+
+  every = np.array(list(itertools.product(range(symbols), repeat=length)))   # all V^6
+  sampled = lm.hmm_heldout(seed + 1, params, 16, length)
+  for x in (every, sampled):
+    probs = prefix_probs(x)
+    want = -np.log(probs) + np.log(np.c_[np.ones(len(x)), probs[:, :-1]])
+    np.testing.assert_allclose(lm.hmm_token_losses(params, x), want, rtol=0, atol=1e-10)
+  # Exact expectations over all V^6 sequences: they sum to one, the first token's expected loss
+  # is the stationary unigram entropy, and the Bayes loss is the block entropy per token.
+  weight = prefix_probs(every)[:, -1]
+  assert weight.sum() == pytest.approx(1.0, abs=1e-12)
+  losses = lm.hmm_token_losses(params, every)
+  assert weight @ losses[:, 0] == pytest.approx(lm.hmm_unigram(params), abs=1e-10)
+  block_entropy = -(weight * np.log(weight)).sum()
+  assert weight @ losses.mean(1) == pytest.approx(block_entropy / length, abs=1e-10)

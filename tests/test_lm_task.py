@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 
 from conftest import cli
-from substrax.configs import lm_hmm, lm_text
+from substrax.configs import lm_hmm, lm_text, lm_tokenized
 from substrax.models import attention
 from substrax.models.lm import LanguageModel
 from substrax.models.transformer import BlockConfig
 from substrax.train import trainer
 from substrax.train.errors import ConfigError
 from substrax.train.metrics import read_jsonl
+from substrax.train.tasks import lm
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +150,64 @@ def test_every_causal_kind_is_a_language_model(kind):
   assert np.isfinite(np.asarray(logits)).all()
   np.testing.assert_allclose(changed[:, :8], logits[:, :8], atol=1e-5)
   assert float(jnp.abs(changed[:, 8:] - logits[:, 8:]).max()) > 1e-4
+
+
+# ------------------------------------------------------------------------------- tokenized
+
+def test_tokenized_markov_trains_and_reports_per_character(tmp_path):
+  config = lm_tokenized.get_config("tiny")
+  state = trainer.train_and_evaluate(config, str(tmp_path))
+  report = json.load(open(tmp_path / "eval" / "lm.json"))
+  assert report["unit"] == "character" and report["tokenizer"] == "bpe"
+  assert report["dictionary"] == 16 and report["vocab_size"] == 17
+  assert int(state.step) == config.num_steps and report["curve"]["step"] == [10, 20]
+  row = report["lengths"][0]
+  # Blocks of 16 characters of the order-4 chain (p = q = 0.8): the first 4 have no context
+  # (1 bit each, the uniform marginal), the other 12 the entropy rate; the EOS is certain.
+  h = lambda p: -p * math.log(p) - (1 - p) * math.log(1 - p)
+  assert row["floor_nats"] == pytest.approx((4 * math.log(2) + 12 * h(0.8)) / 16, rel=1e-9)
+  assert report["char_unigram_nats"] == pytest.approx(math.log(2), rel=1e-9)
+  # The row's unigram is the token unigram of this BPE dictionary, EOS included.
+  assert row["unigram_nats"] > row["floor_nats"] and "loss_bits_per_token" not in row
+  assert row["loss_bits_per_char"] == pytest.approx(row["loss_nats"] / math.log(2))
+  assert 0.1 < row["tokens_per_char"] < 1   # BPE merges characters
+  assert row["loss_nats"] > row["floor_nats"]
+
+
+@pytest.mark.parametrize("kind", ["char", "lzw"])
+def test_tokenized_loss_is_every_token_and_the_eos_per_character(kind):
+  config = lm_tokenized.get_config("tiny")
+  config.data.tokenizer = kind
+  task = lm.build(config)
+  data = task.train_data
+  eos = task.model.vocab_size - 1
+  ids = data["tokens"][:, 1:]
+  lengths = data["mask"].sum(1).astype(int) - 1   # tokens before the closing EOS
+  assert (data["tokens"][:, 0] == eos).all() and (data["chars"] == 16).all()
+  assert (ids[np.arange(len(ids)), lengths] == eos).all()
+  if kind == "char":
+    assert (lengths == 16).all()
+  else:
+    assert lengths.mean() < 16
+  # A head of zeros predicts uniformly over the dictionary and EOS: each block costs
+  # (its tokens + 1) log V nats.
+  params = task.model.init(jax.random.key(0), *task.init_inputs)["params"]
+  params = jax.tree.map(jnp.zeros_like, params)
+  batch = {k: v[:32] for k, v in data.items()}
+  loss, _ = task.loss_fn(params, {}, batch, 0)
+  expected = (lengths[:32] + 1).sum() * math.log(eos + 1) / batch["chars"].sum()
+  assert float(loss) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("changes, key", [
+    ({"data.tokenizer": "wordpiece"}, "data.tokenizer"),
+    ({"data.source": "hmm"}, "data.source"),
+    ({"data.dictionary": 1}, "data.dictionary"),
+    ({"model.max_len": 16}, "model.max_len"),               # a block of 16 and its EOS
+    ({"eval.lengths": (32,)}, "eval.lengths"),               # must include data.length
+])
+def test_tokenized_config_errors_name_the_key(changes, key):
+  config = lm_tokenized.get_config("tiny")
+  config.update_from_flattened_dict(changes)
+  with pytest.raises(ConfigError, match=f"^{key}: "):
+    trainer.validate(config)

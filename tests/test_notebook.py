@@ -1,19 +1,25 @@
 """The notebooks run top to bottom on the tiny presets, and their jupytext pairs are in sync."""
+import json
 import os
+import subprocess
+import sys
 
 import jupytext
 import nbformat
 from nbclient import NotebookClient
 
 from conftest import REPO, cli_env
+from substrax.configs import lm_hmm
+from substrax.data import lm
 
 import pytest
 
 NOTEBOOK = os.path.join(REPO, "notebooks", "icl_quickstart.ipynb")
 PROBES = os.path.join(REPO, "notebooks", "icl_probes.ipynb")
+SCALING = os.path.join(REPO, "notebooks", "scaling_laws.ipynb")
 
 
-@pytest.mark.parametrize("path", [NOTEBOOK, PROBES])
+@pytest.mark.parametrize("path", [NOTEBOOK, PROBES, SCALING])
 def test_ipynb_matches_its_jupytext_pair(path):
   paired = jupytext.read(path.replace(".ipynb", ".py"))
   stored = nbformat.read(path, as_version=4)
@@ -48,3 +54,27 @@ def test_icl_probes_runs_on_the_tiny_preset(tmp_path, monkeypatch):
   line = next(l for l in text.splitlines() if l.startswith("max |LSA - one GD step|"))
   assert float(line.rsplit(" ", 1)[1]) < 1e-4
   assert len(images) == 3
+
+
+def test_scaling_laws_refits_a_tiny_study(tmp_path, monkeypatch):
+  """The tiny preset of benchmarks/scaling_laws.py trains 4 sizes; the notebook refits them."""
+  run = subprocess.run([sys.executable, "scaling_laws.py", "--preset=tiny",
+                        f"--root={tmp_path}"], capture_output=True, text=True, timeout=300,
+                       cwd=os.path.join(REPO, "benchmarks"), env=cli_env(1))
+  assert run.returncode == 0, run.stderr
+  study = json.load(open(tmp_path / "scaling_laws.json"))
+  assert [m["name"] for m in study["models"]] == ["w8d1", "w8d2", "w16d1", "w16d2"]
+  assert study["fit"]["prediction"]["name"] == "w16d2"
+  # The Bayes loss is the forward algorithm's on the very held-out tokens the models score.
+  source = study["source"]
+  params = lm.hmm_params(source["seed"], source["states"], source["symbols"],
+                         source["concentration"])
+  tokens = lm.hmm_heldout(lm_hmm.get_config("tiny").eval.seed, params,
+                          study["heldout_sequences"], study["sequence_length"] + 1)
+  bayes = lm.hmm_token_losses(params, tokens)[:, 1:]
+  assert study["bayes_nats"] == pytest.approx(bayes.mean(), rel=1e-12)
+  assert len(study["models"][0]["sequence_losses"]) == len(tokens)
+  text, images = execute(SCALING, {"SUBSTRAX_STUDY": str(tmp_path / "scaling_laws.json")},
+                         monkeypatch)
+  assert "| w16d2 |" in text and "predicted" in text
+  assert len(images) == 1

@@ -6,13 +6,19 @@ held-out sequences), `text` (bytes of local .txt files) and `tfds` (tiny_shakesp
 text has no known floor. The synthetic sources are sampled on device from parameters the
 trainer passes in as data; text windows are cut from the train stream on device.
 
+With `data.tokenizer` (configs/lm_tokenized.py), the markov source is cut into blocks of
+`data.length` characters and trained on token ids instead: each block is a document
+[EOS] tokens [EOS], encoded by a char, LZW or BPE dictionary (data/tokenization.py) fit on the
+training blocks, and every loss is in nats per character of the block, the closing EOS
+included (see _build_tokenized).
+
 `algorithmic` trains on the tasks of data/algorithmic.py (`data.task`), instances of sizes 1 to
 `data.train_max` packed into contexts of `data.length` tokens, with the loss on the answer
 tokens only; it is scored by exact match at each instance size of `eval.lengths` (see
 _build_algorithmic).
 
-Every sequence has `data.length` + 1 tokens: position t predicts token t + 1, so the loss and
-the floors cover the `length` predicted tokens. Evaluation writes eval/lm.json (held-out loss in
+Every sequence of the other sources has `data.length` + 1 tokens: position t predicts token
+t + 1, so the loss and the floors cover the `length` predicted tokens. Evaluation writes eval/lm.json (held-out loss in
 nats and bits per token and per character, at each of `eval.lengths`, beside the floor and the
 unigram loss) and eval/lm.png (held-out loss against the step, with both as lines).
 """
@@ -25,7 +31,7 @@ import numpy as np
 import optax
 from matplotlib.figure import Figure
 
-from substrax.data import algorithmic, pipeline
+from substrax.data import algorithmic, pipeline, tokenization
 from substrax.data import lm as lm_data
 from substrax.models.lm import LanguageModel
 from substrax.models.transformer import block_config
@@ -44,6 +50,8 @@ def validate(config):
   require(d.source in SOURCES, "data.source",
           f"unknown source {d.source!r}; choose one of {', '.join(SOURCES)}")
   require(d.length >= 2, "data.length", f"must be at least 2, got {d.length}")
+  if "tokenizer" in d:
+    return _validate_tokenized(config)
   if d.source == "markov":
     try:
       lm_data.check_markov(d.order, d.p, d.q)
@@ -109,6 +117,8 @@ def build(config) -> Task:
   d, m, e = config.data, config.model, config.eval
   if d.source == "algorithmic":
     return _build_algorithmic(config)
+  if "tokenizer" in d:
+    return _build_tokenized(config)
   train_data, heldout, source, floor_of = load_source(config)
   model = LanguageModel(source.vocab_size, m.width, m.depth, m.max_len, block_config(m))
   window = d.length + 1
@@ -212,7 +222,7 @@ def plot(path: str, r: dict):
                label=f"floor {first['floor_nats']:.3f}")
   ax.axhline(r["unigram_nats"], color="grey", ls=":", lw=1.2,
              label=f"unigram {r['unigram_nats']:.3f}")
-  ax.set(xlabel="step", ylabel="nats per token",
+  ax.set(xlabel="step", ylabel=f"nats per {r.get('unit', 'token')}",
          title=f"{r['source']} LM, length {r['train_length']}, {r['positions']}, {r['norm']}")
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
@@ -235,8 +245,143 @@ def print_summary(r: dict):
           f"d_ff/{f} {loss:.4f}" for f, loss in x["granularities"].items()))
 
 
+# --------------------------------------------------------------------- pools of fixed rows
 
-# ------------------------------------------------------------------------------ algorithmic
+def _pool_sampler(batch_size: int):
+  """sample_batch for a pool of rows passed as data: rows drawn uniformly with replacement."""
+  def sample_batch(data, key, step):
+    del step  # the key already depends on the step
+    rows = jax.random.randint(key, (batch_size,), 0, data["tokens"].shape[0])
+    return pipeline.take(data, rows)
+  return sample_batch
+
+
+# ------------------------------------------------------------------------------- tokenized
+
+def _validate_tokenized(config):
+  d, m, e = config.data, config.model, config.eval
+  require(d.source == "markov", "data.source",
+          f"tokenized training (data.tokenizer) reads the markov source, got {d.source!r}")
+  try:
+    lm_data.check_markov(d.order, d.p, d.q)
+  except ValueError as err:
+    require(False, "data.order/p/q", str(err))
+  require(d.tokenizer in tokenization.KINDS, "data.tokenizer",
+          f"unknown tokenizer {d.tokenizer!r}; choose one of {', '.join(tokenization.KINDS)}")
+  require(d.tokenizer == "char" or 2 <= d.dictionary <= 65_536, "data.dictionary",
+          f"must be in [2, 65536] entries (the 2 symbols included), got {d.dictionary}")
+  require(d.contexts > 0, "data.contexts", f"must be positive, got {d.contexts}")
+  check_backbone(m)
+  require(not m.mlp.granularities and not m.mlp.experts, "model.mlp",
+          "MatFormer granularities and EMoE experts are not scored on tokenized sources")
+  require(d.length in e.lengths and all(n >= 1 for n in e.lengths), "eval.lengths",
+          f"must be block lengths in characters that include data.length={d.length}, got "
+          f"{tuple(e.lengths)}")
+  if m.positions in TABLES:   # a block of n characters has at most n + 1 input tokens
+    require(m.max_len >= max(e.lengths) + 1, "model.max_len",
+            f"must cover a block of {max(e.lengths)} characters and its EOS "
+            f"({max(e.lengths) + 1} tokens), got {m.max_len}")
+  require(e.num_sequences > 0, "eval.num_sequences",
+          f"must be positive, got {e.num_sequences}")
+  require(e.batch_size > 0, "eval.batch_size", f"must be positive, got {e.batch_size}")
+
+
+def documents(tokenizer, blocks: np.ndarray, width: int) -> dict:
+  """Character blocks [n, m] as token documents: tokens [n, width + 1] holding
+  [EOS] ids [EOS] padded with EOS, mask [n, width] over the ids and the closing EOS (the
+  predictions a block's probability is the product of), chars [n] = m."""
+  eos = tokenizer.size
+  ids = tokenizer.encode_blocks(blocks)
+  tokens = np.full((len(ids), width + 1), eos, np.int32)
+  mask = np.zeros((len(ids), width), np.float32)
+  for i, row in enumerate(ids):
+    tokens[i, 1:1 + row.size] = row
+    mask[i, :row.size + 1] = 1.0
+  return {"tokens": tokens, "mask": mask,
+          "chars": np.full(len(ids), blocks.shape[1], np.float32)}
+
+
+def _build_tokenized(config) -> Task:
+  """The training pool is `data.contexts` blocks of `data.length` characters drawn once under
+  eval.seed + 1, the same for every training seed; the tokenizer is fit on them concatenated.
+  Held-out blocks of each eval.lengths come from eval.seed. A document's width (its input
+  tokens) is the longest encoded block of the pool and the held-out sets plus the opening EOS.
+  Loss per character = sum over the masked predictions / characters, so the EOS that ends a
+  block (its length term) is paid for: a model cannot gain by making tokens long. The report's
+  unigram is this tokenizer's token-unigram loss per character (what a model of these tokens
+  gets without context); the character unigram h(pi) is beside it."""
+  d, m, e = config.data, config.model, config.eval
+  blocks = lambda seed, n, length: lm_data.markov_heldout(seed, n, length, d.order, d.p, d.q)
+  train_chars = blocks(e.seed + 1, d.contexts, d.length)
+  tokenizer = tokenization.fit(d.tokenizer, train_chars.ravel(),
+                               2 if d.tokenizer == "char" else d.dictionary, 2)
+  tests = {n: blocks(e.seed, e.num_sequences, n) for n in e.lengths}
+  # Validation made model.max_len cover a block of characters, the most tokens it can have.
+  width = 1 + max(ids.size for b in (train_chars, *tests.values())
+                  for ids in tokenizer.encode_blocks(b))
+  token_unigram = {n: tokenization.unigram_bits_per_char(tokenizer, train_chars, b)
+                   ["bits_per_char"] * math.log(2) for n, b in tests.items()}
+  train = documents(tokenizer, train_chars, width)
+  tests = {n: documents(tokenizer, b, width) for n, b in tests.items()}
+  model = LanguageModel(tokenizer.size + 1, m.width, m.depth, m.max_len, block_config(m))
+  char_unigram = lm_data.binary_entropy(lm_data.markov_stationary(d.p, d.q))
+
+  sample_batch = _pool_sampler(config.batch_size)
+
+  def row_nats(params, model_state, batch):
+    """Each document's negative log-likelihood in nats, its EOS included."""
+    logits = model.apply({"params": params, **model_state}, batch["tokens"][:, :-1])
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["tokens"][:, 1:])
+    return jnp.sum(losses * batch["mask"], -1)
+
+  def per_char(params, model_state, batch):
+    return jnp.sum(row_nats(params, model_state, batch)) / jnp.sum(batch["chars"])
+
+  def loss_fn(params, model_state, batch, step):
+    del step
+    return per_char(params, model_state, batch), ({}, model_state)
+
+  def eval_step(params, model_state, data, step):
+    del step
+    return {"loss" if n == str(d.length) else f"loss_L{n}": per_char(params, model_state, b)
+            for n, b in data.items()}
+
+  score = jax.jit(row_nats)
+
+  def evaluate(params, model_state, workdir, step):
+    rows = []
+    for n, test in tests.items():
+      nats = np.concatenate([np.asarray(score(params, model_state, batch))[:valid]
+                             for batch, valid in pipeline.batches(test, e.batch_size)])
+      floor = float(lm_data.markov_position_loss(d.order, d.p, d.q, n).mean())
+      source = lm_data.Source(tokenizer.size + 1, floor, token_unigram[n], 1.0)
+      rows.append(_row(n, float(nats.sum() / test["chars"].sum()), floor, source))
+      del rows[-1]["loss_bits_per_token"]   # every loss here is per character
+      # Tokens per character, the EOS not counted (a block's mask covers its ids and one EOS).
+      rows[-1]["tokens_per_char"] = float((test["mask"].sum() - len(test["chars"]))
+                                          / test["chars"].sum())
+    payload = {"step": int(step), "source": d.source, "unit": "character",
+               "tokenizer": d.tokenizer, "dictionary": tokenizer.size,
+               "vocab_size": tokenizer.size + 1, "train_length": d.length,
+               "positions": m.positions, "norm": m.norm, "attention": m.attention.kind,
+               "unigram_nats": token_unigram[d.length], "char_unigram_nats": char_unigram,
+               "entropy_rate_nats": lm_data.markov_entropy_rate(d.p, d.q), "lengths": rows,
+               "curve": _curve(workdir)}
+    out = os.path.join(workdir, "eval")
+    reporting.write_json(os.path.join(out, "lm.json"), payload)
+    plot(os.path.join(out, "lm.png"), payload)
+    print(f"{d.tokenizer} tokens, dictionary {tokenizer.size}, losses per character:")
+    print_summary(payload)
+    return payload
+
+  return Task(model=model, init_inputs=(jnp.zeros((1, width), jnp.int32),),
+              train_data=train, sample_batch=sample_batch,
+              batch_axes={"tokens": ("batch", None), "mask": ("batch", None),
+                          "chars": ("batch",)},
+              loss_fn=loss_fn,
+              eval_data={str(n): {k: v[:256] for k, v in t.items()} for n, t in tests.items()},
+              eval_step=eval_step, evaluate=evaluate)
+
 
 def _validate_algorithmic(config):
   d, m, e = config.data, config.model, config.eval
@@ -295,10 +440,7 @@ def _build_algorithmic(config) -> Task:
   pool_rng = np.random.default_rng([config.seed, e.seed + 1])
   tokens, mask = algorithmic.packed_pool(task, pool_rng, d.contexts, d.length, d.train_max)
 
-  def sample_batch(data, key, step):
-    del step  # the key already depends on the step
-    rows = jax.random.randint(key, (config.batch_size,), 0, data["tokens"].shape[0])
-    return pipeline.take(data, rows)
+  sample_batch = _pool_sampler(config.batch_size)
 
   def scores(params, model_state, batch):
     """(mean answer loss, exact [batch], token accuracy [batch]); in a packed context "exact"

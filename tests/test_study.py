@@ -1,0 +1,54 @@
+"""benchmarks/study.py's train_together: configs trained under one vmap follow their own
+learning rates; and the scaling study's count of non-embedding parameters."""
+import os
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import REPO, experiment_config
+
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+import study  # noqa: E402
+from substrax.train.analysis import scaling  # noqa: E402
+from substrax.train.tasks import lm  # noqa: E402
+
+
+def _config(learning_rate, **overrides):
+  return experiment_config("lm_hmm", "tiny", num_steps=6, **{"optim.learning_rate":
+                                                             learning_rate, **overrides})
+
+
+def test_a_member_at_twice_the_learning_rate_trains_as_that_config_alone():
+  _, together, curve = study.train_together([_config(1e-3), _config(2e-3)], lm.build, 3,
+                                            "pair", evaluate=True)
+  _, alone, _ = study.train_together([_config(2e-3)], lm.build, 3, "alone")
+  second = jax.tree.map(lambda x: np.asarray(x[1]), together.params)
+  solo = jax.tree.map(lambda x: np.asarray(x[0]), alone.params)
+  first = jax.tree.map(lambda x: np.asarray(x[0]), together.params)
+  for a, b, c in zip(jax.tree.leaves(second), jax.tree.leaves(solo), jax.tree.leaves(first)):
+    np.testing.assert_allclose(a, b, atol=2e-6)
+  # ...and the two members did train differently.
+  assert max(float(np.abs(a - c).max()) for a, c in zip(jax.tree.leaves(second),
+                                                        jax.tree.leaves(first))) > 1e-4
+  assert curve["step"] == [3, 6] and curve["loss"].shape == (2, 2)
+
+
+def test_configs_that_differ_beyond_seed_learning_rate_and_data_are_refused():
+  with pytest.raises(ValueError, match="differ only in"):
+    study.train_together([_config(1e-3), _config(1e-3, **{"model.width": 16})], lm.build, 3,
+                         "mixed")
+  with pytest.raises(ValueError, match="positive"):
+    study.train_together([_config(0.0)], lm.build, 3, "zero")
+
+
+def test_non_embedding_parameters_leave_out_the_embedding_head_and_position_table():
+  task = lm.build(_config(1e-3))
+  params = task.model.init(jax.random.key(0), *task.init_inputs)["params"]
+  params = jax.tree.map(lambda x: getattr(x, "value", x), params,
+                        is_leaf=lambda x: hasattr(x, "value"))
+  total = sum(int(np.size(x)) for x in jax.tree.leaves(params))
+  m, vocab = task.model, task.model.vocab_size
+  embedding = vocab * m.width + (m.width * vocab + vocab) + m.max_len * m.width
+  assert scaling.non_embedding(params) == total - embedding
