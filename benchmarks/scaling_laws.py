@@ -9,11 +9,12 @@ Every size trains on the same token budget with the warmup-cosine schedule over 
 budget, at each learning rate of a small grid; the grid's runs of one size train together
 under one jax.vmap (study.train_together: the lm task's own model, loss, sampler and
 train_step, the trainer's keys). The learning rate is chosen on one set of held-out sequences
-and the chosen run scored on another, whose Bayes loss is computed on the same tokens. Then L(N) = L_inf + (N0/N)^alpha is fitted on
-every size but the largest, in log space on the reducible part, with a paired bootstrap over
-held-out sequences (train/analysis/scaling.py); the fit predicts the largest size's loss, and
-the compute frontier L(C) and N_opt ~ C^beta are fitted from the held-out curves. N counts
-non-embedding parameters: the backbone without its position table.
+and the chosen run scored on another, whose Bayes loss is computed on the same tokens. Then
+L(N) = L_inf + (N0/N)^alpha is fitted on every size but the largest, in log space on the
+reducible part and, as a check of that criterion, on log L, each with a paired bootstrap over
+held-out sequences (train/analysis/scaling.py); each fit predicts the largest size's loss,
+and the compute frontier L(C) and N_opt ~ C^beta are fitted from the held-out curves. N
+counts non-embedding parameters: the backbone without its position table.
 
 It prints the table and the fit, and writes ROOT/scaling_laws.json (what
 notebooks/scaling_laws.py refits) and ROOT/scaling_laws.png. A size already in the JSON is
@@ -49,7 +50,7 @@ PRESETS = {
     "cpu": dict(sizes=[(8, 1, 2), (16, 1, 2), (16, 2, 2), (24, 2, 2), (32, 3, 4), (48, 3, 4),
                        (64, 4, 4)],
                 steps=1500, batch=32, length=64,
-                learning_rates=(3e-3, 6e-3, 1.2e-2, 2.4e-2, 4.8e-2),
+                learning_rates=(3e-3, 6e-3, 1.2e-2, 2.4e-2, 4.8e-2, 9.6e-2),
                 chunk=150, heldout=2048, base="cpu"),
     # Two decades larger (0.1M to 25M), on an HMM with more states to infer, so that the
     # largest models still have a reducible loss.
@@ -164,13 +165,14 @@ def main(argv):
     os.replace(out + ".tmp", out)
   results["wall_s"] = sum(m["wall_s"] for m in results["models"])
   fit = scaling.study_fit(results, held_out=FLAGS.held_out)
-  results["fit"] = fit
+  total = scaling.study_fit(results, held_out=FLAGS.held_out, space="total")
+  results["fit"], results["fit_total"] = fit, total
   with open(out + ".tmp", "w") as f:
     json.dump(results, f)
   os.replace(out + ".tmp", out)
   plot_path = os.path.join(FLAGS.root, "scaling_laws.png")
-  scaling.plot(plot_path, results, fit)
-  print(scaling.markdown(results, fit))
+  scaling.plot(plot_path, results, fit, total)
+  print(scaling.markdown(results, fit, total))
   print(f"this command {(time.perf_counter() - start) / 60:.1f} min, training every size "
         f"{results['wall_s'] / 60:.1f} min; {out}; {plot_path}")
 

@@ -58,6 +58,8 @@ flags.DEFINE_list("lm_kinds", ["char", "lzw", "bpe"],
 flags.DEFINE_integer("lm_dictionary", 256, "Part B: LZW and BPE dictionary size.")
 flags.DEFINE_list("lm_seeds", ["0", "1", "2"], "Part B: training seeds.")
 flags.DEFINE_string("lm_preset", "cpu", "Part B: preset of configs/lm_tokenized.py.")
+flags.DEFINE_integer("lm_eval_every", 50, "Part B: steps between held-out evaluations (the "
+                     "resolution of the plateau exit).")
 flags.DEFINE_string("root", "runs/tokenization", "Where the JSON and the plots go.")
 FLAGS = flags.FLAGS
 
@@ -179,7 +181,7 @@ def transformer_study(kinds, seeds) -> dict:
     start = time.perf_counter()
     configs = [lm_config(kind, s) for s in seeds]
     config = configs[0]
-    task, states, curve = study.train_together(configs, lm_task.build, config.eval_every_steps,
+    task, states, curve = study.train_together(configs, lm_task.build, FLAGS.lm_eval_every,
                                                kind, evaluate=True)
     cell = {"steps": curve["step"], "seeds": {}}
     for i, seed in enumerate(seeds):
@@ -264,6 +266,8 @@ def main(argv):
     if bad or not sizes or min(sizes) < 2:
       raise ValueError(f"--kinds must be among lzw, bpe and --sizes at least 2 (binary "
                        f"sources), got {FLAGS.kinds} and {FLAGS.sizes}")
+    if FLAGS.lm_eval_every < 1:
+      raise ValueError(f"--lm_eval_every must be positive, got {FLAGS.lm_eval_every}")
     if FLAGS.lm_kinds and not lm_seeds:
       raise ValueError("--lm_seeds is empty while --lm_kinds asks for transformers")
     for kind in FLAGS.lm_kinds:

@@ -38,7 +38,9 @@ with open(STUDY) as f:
   results = json.load(f)
 models = len(results["models"])
 fit = scaling.study_fit(results, held_out=min(1, models - 3))
-print(scaling.markdown(results, fit))
+# The same law fitted on log L instead of log(L − L∞) (see train/analysis/scaling.py).
+total = scaling.study_fit(results, held_out=min(1, models - 3), space="total", reps=200)
+print(scaling.markdown(results, fit, total))
 
 # %% [markdown]
 # ## Refit
@@ -72,5 +74,6 @@ for label, f in fits.items():
 
 # %%
 png = io.BytesIO()
-scaling.plot(None, results, refit).savefig(png, format="png")
+other = scaling.study_fit(results, held_out=held_out, space="total", reps=200)
+scaling.plot(None, results, refit, other).savefig(png, format="png")
 display(Image(png.getvalue()))

@@ -47,8 +47,10 @@ def synthetic_results(seed=0, sizes=SIZES, points=24):
           "models": models, "wall_s": 1.0}
 
 
-def test_fit_recovers_an_exact_law():
-  fit = scaling.fit_power_law(SIZES, law(SIZES))
+@pytest.mark.parametrize("space", scaling.SPACES)
+def test_fit_recovers_an_exact_law(space):
+  fit = scaling.fit_power_law(SIZES, law(SIZES), space=space)
+  assert fit["space"] == space
   assert fit["at_bound"] is None and fit["rms_log"] < 1e-8
   np.testing.assert_allclose([fit["l_inf"], fit["alpha"], fit["n0"]], [L_INF, ALPHA, N0],
                              rtol=1e-6)
@@ -157,3 +159,15 @@ def test_study_fit_with_the_bayes_floor_and_limits():
   assert len(fixed["held_out"]) == 2 and "L∞ fixed at 1.1400" in scaling.markdown(results, fixed)
   with pytest.raises(ValueError, match="leaves 2 of 6"):
     scaling.study_fit(results, held_out=4)
+
+
+def test_the_reducible_criterion_can_prefer_no_floor_where_the_total_one_finds_it():
+  """log(L - L_inf) spreads more as L_inf nears the losses, so scatter about a law with a
+  floor can push the reducible-part fit to L_inf = 0, and the log-L fit near the floor."""
+  sizes = np.geomspace(1e3, 1e5, 6)
+  points = 1.5 + (sizes / 1e3) ** -0.5 * 0.1
+  points = points * (1 + np.array([0.004, -0.004, 0.004, -0.004, 0.004, -0.004]))
+  reducible = scaling.fit_power_law(sizes, points)
+  total = scaling.fit_power_law(sizes, points, space="total")
+  assert reducible["at_bound"] == "lower"
+  assert abs(total["l_inf"] - 1.5) < 0.02

@@ -1,10 +1,16 @@
 """Scaling laws of a size sweep on a task with a known Bayes loss (benchmarks/scaling_laws.py).
 
-Loss against non-embedding parameters N is fitted as L(N) = L∞ + (N₀/N)^α, in log space on the
-reducible part: log(L − L∞) = α log N₀ − α log N is a straight line in log N once L∞ is fixed,
-so L∞ is profiled out by a bounded 1-D search and the rest is linear least squares. Fitting
-in log space weighs every size by its relative excess, so the large models, whose excess is
-small, are not drowned by the small ones.
+Loss against non-embedding parameters N is fitted as L(N) = L∞ + (N₀/N)^α in one of two
+spaces (`space`):
+
+- "reducible": least squares on log(L − L∞) = α log N₀ − α log N, a straight line in log N
+  once L∞ is fixed, so L∞ is profiled out by a bounded 1-D search and the rest is linear.
+  It weighs every size by its relative excess, so the large models, whose excess is small,
+  are not drowned by the small ones. Its residuals change scale with L∞, though: log(L − L∞)
+  spreads more the closer L∞ comes to the losses, so when the points scatter about a power
+  law the criterion can prefer L∞ = 0 whatever the data's floor.
+- "total": least squares on log L, the same law by nonlinear least squares; its residuals
+  keep one scale for every L∞.
 
 The fit is made on all but the largest models, and the held-out ones test its extrapolation.
 Its L∞ is compared with the Bayes loss of the HMM. With one token budget for every size, L∞
@@ -20,6 +26,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure  # no pyplot: figures render without touching the backend
 from scipy import optimize
 
+SPACES = ("reducible", "total")
 GAP_MIN = 1e-9    # L∞ ≤ (1 − GAP_MIN)·min L: log(L − L∞) diverges at min L
 BOUND_TOL = 1e-6  # in log(min L − L∞): closer than this to an end of the search is "at the bound"
 CAVEAT = ("with few sizes N_opt is a step function of C, and with a cosine "
@@ -47,7 +54,7 @@ def _result(x, loss, l_inf, at_bound, fixed):
     n0 = float(np.exp(log_n0))
   return {"l_inf": float(l_inf), "alpha": alpha, "n0": n0, "log_n0": log_n0,
           "intercept": float(a), "rms_log": float(np.sqrt(sse / len(x))),
-          "at_bound": at_bound, "fixed_l_inf": fixed, "points": len(x)}
+          "at_bound": at_bound, "fixed_l_inf": fixed, "points": len(x), "space": "reducible"}
 
 
 def non_embedding(params) -> int:
@@ -58,8 +65,41 @@ def non_embedding(params) -> int:
              if "pos_embedding" not in jax.tree_util.keystr(path))
 
 
-def fit_power_law(n, loss, *, l_inf: float | None = None, grid: int = 200) -> dict:
-  """L = L∞ + (N₀/N)^α by least squares on log(L − L∞) over L∞ ∈ [0, min L).
+def _fit_total(x, loss, l_inf: float | None) -> dict:
+  """L = L∞ + exp(a − α log N) by least squares on log L, L∞ ∈ [0, min L], from four starts
+  (the reducible-part line at L∞ = 0, ½, 0.9 and 0.99 of min L)."""
+  lowest, y = float(loss.min()), np.log(loss)
+  law = lambda l, a, alpha: np.log(l + np.exp(a - alpha * x)) - y
+  best = None
+  for start in ([l_inf] if l_inf is not None else [0.0, 0.5, 0.9, 0.99]):
+    l0 = start if l_inf is not None else start * lowest
+    a, b, _ = _line_fits(x, np.log(loss - l0))
+    alpha0 = max(-float(b), 1e-3)
+    if l_inf is not None:
+      res = optimize.least_squares(lambda p: law(l_inf, *p), [float(a), alpha0])
+      params = (l_inf, *res.x)
+    else:
+      res = optimize.least_squares(lambda p: law(*p), [l0, float(a), alpha0],
+                                   bounds=([0.0, -np.inf, 0.0], [lowest, np.inf, np.inf]))
+      params = tuple(res.x)
+    if best is None or res.cost < best[0]:
+      best = (res.cost, params)
+  cost, (l_fit, a, alpha) = best
+  at_bound = (None if l_inf is not None else "lower" if l_fit < BOUND_TOL * lowest
+              else "upper" if lowest - l_fit < BOUND_TOL * lowest else None)
+  with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+    log_n0 = float(a) / alpha if alpha != 0 else float("nan")
+    n0 = float(np.exp(log_n0))
+  return {"l_inf": float(l_fit), "alpha": float(alpha), "n0": n0, "log_n0": log_n0,
+          "intercept": float(a), "rms_log": float(np.sqrt(2 * cost / len(x))),
+          "at_bound": at_bound, "fixed_l_inf": l_inf is not None, "points": len(x),
+          "space": "total"}
+
+
+def fit_power_law(n, loss, *, l_inf: float | None = None, grid: int = 200,
+                  space: str = "reducible") -> dict:
+  """L = L∞ + (N₀/N)^α by least squares on log(L − L∞) over L∞ ∈ [0, min L) (space
+  "reducible"), or on log L over L∞ ∈ [0, min L] (space "total", _fit_total).
 
   For fixed L∞ the fit is a line in log N, so only L∞ is searched: a grid in log(min L − L∞)
   (the residual can have several minima) then a bounded Brent search between the best grid
@@ -71,7 +111,10 @@ def fit_power_law(n, loss, *, l_inf: float | None = None, grid: int = 200) -> di
   −∞ drives the residual up whenever there are ≥ 3 sizes). A fit at a bound is returned as it
   is, so the caller sees it. Needs ≥ 3 sizes (2 with L∞ fixed): with two, every L∞ fits
   exactly (with three the residual is usually 0 as well: only the bootstrap shows the spread).
+  rms_log is the residual RMS in the fit's space; `space` is returned too.
   """
+  if space not in SPACES:
+    raise ValueError(f"unknown space {space!r}; expected one of {SPACES}")
   x, loss = np.log(np.asarray(n, np.float64)), np.asarray(loss, np.float64)
   if x.shape != loss.shape or x.ndim != 1:
     raise ValueError(f"n and loss must be 1-D of one length, got {x.shape} and {loss.shape}")
@@ -83,9 +126,12 @@ def fit_power_law(n, loss, *, l_inf: float | None = None, grid: int = 200) -> di
   if l_inf is not None:
     if not 0 <= l_inf < lowest:
       raise ValueError(f"fixed L∞ = {l_inf} must lie in [0, min loss = {lowest})")
-    return _result(x, loss, float(l_inf), None, True)
   if lowest <= 0:
     raise ValueError(f"losses must be positive, got min {lowest}")
+  if space == "total":
+    return _fit_total(x, loss, None if l_inf is None else float(l_inf))
+  if l_inf is not None:
+    return _result(x, loss, float(l_inf), None, True)
   # t = log(min L − L∞): t_hi is L∞ = 0, t_lo is L∞ just below min L.
   t_lo, t_hi = np.log(lowest * GAP_MIN), np.log(lowest)
   sse = lambda t: _line_fits(x, np.log(loss - lowest + np.exp(t)))[2]
@@ -112,7 +158,7 @@ def _interval(samples):
 
 
 def bootstrap(n, sequence_losses, reps: int = 1000, seed: int = 0, *, predict_n=None,
-              l_inf: float | None = None) -> dict:
+              l_inf: float | None = None, space: str = "reducible") -> dict:
   """Paired bootstrap of the fit over held-out sequences.
 
   sequence_losses [models, sequences]: each model's mean loss on the same held-out sequences.
@@ -135,7 +181,7 @@ def bootstrap(n, sequence_losses, reps: int = 1000, seed: int = 0, *, predict_n=
   # as indexing with rng.integers(0, count, count), and one matrix product for all the means.
   draws = rng.multinomial(count, np.full(count, 1.0 / count), size=reps)
   means = draws @ losses.T / count   # [reps, models]
-  fits = [fit_power_law(n, m, l_inf=l_inf) for m in means]
+  fits = [fit_power_law(n, m, l_inf=l_inf, space=space) for m in means]
   samples = {k: np.array([f[k] for f in fits]) for k in ("alpha", "l_inf", "log_n0")}
   out = {"samples": samples, "reps": reps,
          "alpha_ci": _interval(samples["alpha"]), "l_inf_ci": _interval(samples["l_inf"]),
@@ -165,7 +211,7 @@ def _curve_compute(model):
 
 
 def compute_frontier(models, points: int = 64, fit_from: float | None = None,
-                     l_inf: float | None = None) -> dict:
+                     l_inf: float | None = None, space: str = "reducible") -> dict:
   """The lower envelope of loss against training compute, its power law, and N_opt(C).
 
   C = 6·N·tokens. On a log grid of C, each model's curve is interpolated linearly in log C and
@@ -204,7 +250,7 @@ def compute_frontier(models, points: int = 64, fit_from: float | None = None,
   in_range = compute >= fit_from * (1 - 1e-12)
   if in_range.sum() < 3:
     raise ValueError(f"fewer than 3 grid points at C ≥ fit_from = {fit_from:.3g}")
-  fit = fit_power_law(compute[in_range], frontier[in_range], l_inf=l_inf)
+  fit = fit_power_law(compute[in_range], frontier[in_range], l_inf=l_inf, space=space)
   beta_const, beta = np.polynomial.polynomial.polyfit(log_c[in_range], np.log(n_opt[in_range]), 1)
   return {"compute": compute.tolist(), "loss": frontier.tolist(), "n_opt": n_opt.tolist(),
           "model": [models[i]["name"] for i in best], "fit_from": fit_from, "fit": fit,
@@ -221,7 +267,7 @@ def _plain(value):
 
 
 def study_fit(results: dict, held_out: int = 1, *, reps: int = 1000, seed: int = 0,
-              l_inf: float | None = None) -> dict:
+              l_inf: float | None = None, space: str = "reducible") -> dict:
   """Fits all but the `held_out` largest models and checks the law against what it left out.
 
   Returns fit (fit_power_law), bootstrap (its intervals and samples, as lists), fit_models and
@@ -231,7 +277,8 @@ def study_fit(results: dict, held_out: int = 1, *, reps: int = 1000, seed: int =
   Bayes loss lies in the bootstrap interval of L∞}, and frontier (compute_frontier over all the
   models, held-out ones included: it describes the runs, it predicts nothing; plus
   fit_bayes_floor, its L(C) fit with L∞_C fixed at the Bayes loss, or None). `l_inf` fixes L∞
-  of both fits (e.g. at the Bayes loss) to see how α and α_C move.
+  of both fits (e.g. at the Bayes loss) to see how α and α_C move; `space` picks the fit's
+  space for both (fit_power_law).
   """
   models = sorted(results["models"], key=lambda m: m["non_embedding_params"])
   keep = len(models) - held_out
@@ -240,10 +287,10 @@ def study_fit(results: dict, held_out: int = 1, *, reps: int = 1000, seed: int =
                      "the fit needs 3 (2 with L∞ fixed)")
   train, test = models[:keep], models[keep:]
   n = [m["non_embedding_params"] for m in train]
-  fit = fit_power_law(n, [m["loss"] for m in train], l_inf=l_inf)
+  fit = fit_power_law(n, [m["loss"] for m in train], l_inf=l_inf, space=space)
   test_n = [m["non_embedding_params"] for m in test]
   boot = bootstrap(n, [m["sequence_losses"] for m in train], reps, seed,
-                   predict_n=test_n or None, l_inf=l_inf)
+                   predict_n=test_n or None, l_inf=l_inf, space=space)
   checks = []
   for j, m in enumerate(test):
     predicted = predict(fit, m["non_embedding_params"])
@@ -252,13 +299,13 @@ def study_fit(results: dict, held_out: int = 1, *, reps: int = 1000, seed: int =
                    "rel_error": (predicted - m["loss"]) / m["loss"]})
   bayes = float(results["bayes_nats"])
   lo, hi = boot["l_inf_ci"]
-  frontier = compute_frontier(models, l_inf=l_inf)
+  frontier = compute_frontier(models, l_inf=l_inf, space=space)
   compute, loss = np.array(frontier["compute"]), np.array(frontier["loss"])
   in_range = compute >= frontier["fit_from"] * (1 - 1e-12)
   # A short range of C rarely pins the frontier's floor down; the Bayes loss is its floor in
   # principle (N and tokens both grow), so α_C with that floor is reported too.
   frontier["fit_bayes_floor"] = (
-      fit_power_law(compute[in_range], loss[in_range], l_inf=bayes)
+      fit_power_law(compute[in_range], loss[in_range], l_inf=bayes, space=space)
       if l_inf is None and bayes < loss[in_range].min() else None)
   return {"fit": fit, "bootstrap": _plain(boot), "fit_models": [m["name"] for m in train],
           "held_out": checks, "prediction": checks[-1] if checks else None,
@@ -267,9 +314,10 @@ def study_fit(results: dict, held_out: int = 1, *, reps: int = 1000, seed: int =
           "frontier": frontier}
 
 
-def plot(path: str | None, results: dict, fit: dict) -> Figure:
+def plot(path: str | None, results: dict, fit: dict, other: dict | None = None) -> Figure:
   """Left: loss against N with the fit, its extrapolation and the Bayes loss; right: training
-  curves against compute with the frontier's power law. `fit` is a study_fit result."""
+  curves against compute with the frontier's power law. `fit` is a study_fit result; `other`,
+  another (e.g. in the other space), adds its law and prediction on the left."""
   models = sorted(results["models"], key=lambda m: m["non_embedding_params"])
   law, boot, bayes = fit["fit"], fit["bootstrap"], fit["bayes"]["nats"]
   fig = Figure(figsize=(12, 4.6), dpi=120)
@@ -284,7 +332,8 @@ def plot(path: str | None, results: dict, fit: dict) -> Figure:
   n_fit_max = n_all[trained].max()
   inside = np.geomspace(n_all.min(), n_fit_max, 100)
   left.plot(inside, predict(law, inside), color="C1",
-            label=f"L∞ + (N₀/N)^α, α = {law['alpha']:.3f}")
+            label=f"L∞ + (N₀/N)^α on log{'(L − L∞)' if law['space'] == 'reducible' else ' L'}, "
+                  f"α = {law['alpha']:.3f}")
   if n_all.max() > n_fit_max:
     beyond = np.geomspace(n_fit_max, n_all.max(), 50)
     left.plot(beyond, predict(law, beyond), color="C1", ls=":")
@@ -293,12 +342,17 @@ def plot(path: str | None, results: dict, fit: dict) -> Figure:
     left.errorbar([check["n"]], [check["predicted"]], fmt="D", color="C1", ms=5, capsize=4,
                   yerr=[[check["predicted"] - lo], [hi - check["predicted"]]],
                   label="prediction (95% bootstrap)" if check is fit["held_out"][0] else None)
+  if other is not None:
+    law2 = other["fit"]
+    left.plot(np.geomspace(n_all.min(), n_all.max(), 100),
+              predict(law2, np.geomspace(n_all.min(), n_all.max(), 100)), color="C4", ls="-.",
+              label=f"on log L: L∞ = {law2['l_inf']:.3f}, α = {law2['alpha']:.3f}")
   left.axhline(bayes, color="k", ls="--", lw=1, label=f"Bayes loss {bayes:.3f}")
   left.axhline(law["l_inf"], color="C2", lw=1, label=f"L∞ = {law['l_inf']:.3f}")
   lo, hi = boot["l_inf_ci"]
   if hi > lo:
     left.axhspan(lo, hi, color="C2", alpha=0.2, lw=0, label="L∞ 95% bootstrap")
-  low = min(bayes, law["l_inf"])
+  low = bayes if law["at_bound"] == "lower" else min(bayes, law["l_inf"])   # L∞ = 0 squashes
   high = loss_all.max()
   left.set_ylim(low - 0.15 * (high - low), high + 0.08 * (high - low))   # a wide band runs off
   left.set(xscale="log", xlabel="non-embedding parameters N", ylabel="held-out loss (nats/token)",
@@ -319,7 +373,7 @@ def plot(path: str | None, results: dict, fit: dict) -> Figure:
   right.plot(fitted, predict(frontier["fit"], fitted), color="C3", ls="--",
              label=f"L∞ + (C₀/C)^α_C, α_C = {frontier['fit']['alpha']:.3f}")
   right.axhline(bayes, color="k", ls="--", lw=1)
-  top = max(results.get("unigram_nats", 0.0), loss_all.max()) * 1.1
+  top = max(max(m["curve"]["loss"]) for m in models) * 1.02
   right.set_ylim(bayes - 0.05 * (top - bayes), top)
   right.set(xscale="log", xlabel="training compute C = 6·N·tokens (FLOPs)",
             ylabel="held-out loss (nats/token)",
@@ -338,9 +392,14 @@ def _bound_note(law):
           None: ""}[law["at_bound"]]
 
 
-def markdown(results: dict, fit: dict) -> str:
-  """A per-model table, then the law, its intervals, the held-out check and the frontier."""
-  bayes, law, boot = fit["bayes"]["nats"], fit["fit"], fit["bootstrap"]
+SPACE_NAMES = {"reducible": "least squares on log(L − L∞), the reducible part",
+               "total": "least squares on log L"}
+
+
+def markdown(results: dict, fit: dict, *others: dict) -> str:
+  """A per-model table, then for `fit` and each of `others` (study_fit results, e.g. in the
+  other space) the law, its intervals, the held-out check and the frontier."""
+  bayes = fit["bayes"]["nats"]
   models = sorted(results["models"], key=lambda m: m["non_embedding_params"])
   lines = ["| model | N | best lr | loss | excess over Bayes | |", "|---|---:|---:|---:|---:|---|"]
   for m in models:
@@ -348,7 +407,16 @@ def markdown(results: dict, fit: dict) -> str:
     edge = " (grid edge)" if m.get("best_at_grid_edge") else ""
     lines.append(f"| {m['name']} | {m['non_embedding_params']:,} | {m['best_lr']:.3g}{edge} | "
                  f"{m['loss']:.4f} | {m['loss'] - bayes:.4f} | {role} |")
-  lines.append("")
+  for f in (fit, *others):
+    lines += ["", f"Fit by {SPACE_NAMES[f['fit']['space']]}:", *_fit_lines(f)]
+  lines.append("- Intervals: paired bootstrap over held-out sequences, i.e. evaluation noise "
+               "only, not seed-to-seed training noise")
+  return "\n".join(lines)
+
+
+def _fit_lines(fit: dict) -> list[str]:
+  bayes, law, boot = fit["bayes"]["nats"], fit["fit"], fit["bootstrap"]
+  lines = []
   if law["fixed_l_inf"]:
     lines.append(f"- L∞ fixed at {law['l_inf']:.4f} (Bayes loss {bayes:.4f})")
   else:
@@ -376,6 +444,4 @@ def markdown(results: dict, fit: dict) -> str:
                f"{_bound_note(frontier['fit'])}{pinned}; N_opt ∝ C^β with "
                f"β = {frontier['beta']:.2f} ({frontier['sizes_on_frontier']} sizes on the frontier)"
                f". Noisy, as is α_C: {frontier['caveat']}")
-  lines.append("- Intervals: paired bootstrap over held-out sequences, i.e. evaluation noise "
-               "only, not seed-to-seed training noise")
-  return "\n".join(lines)
+  return lines
