@@ -46,7 +46,8 @@ FLAGS = flags.FLAGS
 # (width, depth, heads) per size, ascending; the budget in steps of batch x length tokens.
 PRESETS = {
     "tiny": dict(sizes=[(8, 1, 2), (8, 2, 2), (16, 1, 2), (16, 2, 2)], steps=20, batch=16,
-                 length=16, learning_rates=(1e-2,), chunk=20, heldout=32, base="tiny"),
+                 length=16, learning_rates=(1e-2,), chunk=20, heldout=32, base="tiny",
+                 reps=100),
     "cpu": dict(sizes=[(8, 1, 2), (16, 1, 2), (16, 2, 2), (24, 2, 2), (32, 3, 4), (48, 3, 4),
                        (64, 4, 4)],
                 steps=1500, batch=32, length=64,
@@ -164,8 +165,9 @@ def main(argv):
       json.dump(results, f)
     os.replace(out + ".tmp", out)
   results["wall_s"] = sum(m["wall_s"] for m in results["models"])
-  fit = scaling.study_fit(results, held_out=FLAGS.held_out)
-  total = scaling.study_fit(results, held_out=FLAGS.held_out, space="total")
+  reps = p.get("reps", 1000)   # bootstrap replicates; the log-L fit's take ~30 ms each
+  fit = scaling.study_fit(results, held_out=FLAGS.held_out, reps=reps)
+  total = scaling.study_fit(results, held_out=FLAGS.held_out, reps=reps, space="total")
   results["fit"], results["fit_total"] = fit, total
   with open(out + ".tmp", "w") as f:
     json.dump(results, f)

@@ -38,9 +38,7 @@ with open(STUDY) as f:
   results = json.load(f)
 models = len(results["models"])
 fit = scaling.study_fit(results, held_out=min(1, models - 3))
-# The same law fitted on log L instead of log(L − L∞) (see train/analysis/scaling.py).
-total = scaling.study_fit(results, held_out=min(1, models - 3), space="total", reps=200)
-print(scaling.markdown(results, fit, total))
+print(scaling.markdown(results, fit))
 
 # %% [markdown]
 # ## Refit
@@ -57,7 +55,9 @@ held_out = max(0, min(HELD_OUT, models - 3))
 refit = scaling.study_fit(results, held_out=held_out)
 bayes = results["bayes_nats"]
 lowest = min(min(m["loss"], *m["curve"]["loss"]) for m in results["models"])
-fits = {"free L∞": refit}
+# The same law fitted on log L instead of log(L − L∞) (see train/analysis/scaling.py).
+on_log_l = scaling.study_fit(results, held_out=held_out, space="total", reps=100)
+fits = {"free L∞, on log(L − L∞)": refit, "free L∞, on log L": on_log_l}
 if FIX_AT_BAYES and bayes < lowest:
   fits["L∞ = Bayes"] = scaling.study_fit(results, held_out=held_out, l_inf=bayes)
 elif FIX_AT_BAYES:
@@ -74,6 +74,5 @@ for label, f in fits.items():
 
 # %%
 png = io.BytesIO()
-other = scaling.study_fit(results, held_out=held_out, space="total", reps=200)
-scaling.plot(None, results, refit, other).savefig(png, format="png")
+scaling.plot(None, results, refit, on_log_l).savefig(png, format="png")
 display(Image(png.getvalue()))

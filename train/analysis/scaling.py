@@ -70,16 +70,24 @@ def _fit_total(x, loss, l_inf: float | None) -> dict:
   (the reducible-part line at L∞ = 0, ½, 0.9 and 0.99 of min L)."""
   lowest, y = float(loss.min()), np.log(loss)
   law = lambda l, a, alpha: np.log(l + np.exp(a - alpha * x)) - y
+
+  def jacobian(l, a, alpha):
+    """d/d(L∞, a, α) of the residuals: with u = exp(a − α x), 1/(L∞ + u) times (1, u, −x u)."""
+    u = np.exp(a - alpha * x)
+    return np.stack([np.ones_like(x), u, -x * u], 1) / (l + u)[:, None]
+
   best = None
   for start in ([l_inf] if l_inf is not None else [0.0, 0.5, 0.9, 0.99]):
     l0 = start if l_inf is not None else start * lowest
     a, b, _ = _line_fits(x, np.log(loss - l0))
     alpha0 = max(-float(b), 1e-3)
     if l_inf is not None:
-      res = optimize.least_squares(lambda p: law(l_inf, *p), [float(a), alpha0])
+      res = optimize.least_squares(lambda p: law(l_inf, *p), [float(a), alpha0],
+                                   jac=lambda p: jacobian(l_inf, *p)[:, 1:])
       params = (l_inf, *res.x)
     else:
       res = optimize.least_squares(lambda p: law(*p), [l0, float(a), alpha0],
+                                   jac=lambda p: jacobian(*p),
                                    bounds=([0.0, -np.inf, 0.0], [lowest, np.inf, np.inf]))
       params = tuple(res.x)
     if best is None or res.cost < best[0]:
