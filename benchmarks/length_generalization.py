@@ -253,4 +253,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  study.run(main, lambda: f"finished cells are kept under {FLAGS.root}; rerun the command "
+            "to complete the study")

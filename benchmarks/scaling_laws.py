@@ -106,7 +106,7 @@ def train_size(width: int, depth: int, heads: int, select: np.ndarray,
   members = [jax.tree.map(lambda x: x[i], states.params) for i in range(len(configs))]
   selection = [float(per_sequence(m, select).mean()) for m in members]
   if np.all(np.isnan(selection)):
-    raise RuntimeError(f"{name}: every learning rate diverged (NaN loss)")
+    study.stop(f"{name}: every learning rate diverged (NaN loss)", 1)
   best = int(np.nanargmin(selection))
   scored = per_sequence(members[best], tokens)
   per_step = p["batch"] * p["length"]
@@ -130,26 +130,26 @@ def main(argv):
   os.makedirs(FLAGS.root, exist_ok=True)
   out = os.path.join(FLAGS.root, "scaling_laws.json")
   start = time.perf_counter()
+  settings = {"preset": FLAGS.preset, "source": source(), "sequence_length": p["length"],
+              "tokens_per_run": p["steps"] * p["batch"] * p["length"],
+              "learning_rates": list(p["learning_rates"]), "heldout_sequences": p["heldout"]}
+  models = []
+  if os.path.exists(out):   # a rerun completes the study it finds, and only that one
+    with open(out) as f:
+      previous = json.load(f)
+    if {k: previous.get(k) for k in settings} != settings:
+      raise app.UsageError(f"{out} holds a study with other settings; choose another --root")
+    models = previous["models"]
   config = config_of(*p["sizes"][0], p["learning_rates"][0])
   params = lm_data.hmm_params(**source())
   tokens = lm_data.hmm_heldout(config.eval.seed, params, p["heldout"], p["length"] + 1)
   # The learning rate is chosen on other sequences than those its loss is reported on.
   select = lm_data.hmm_heldout(config.eval.seed + 2, params, p["heldout"] // 4,
                                p["length"] + 1)
-  results = {"preset": FLAGS.preset, "source": source(), "sequence_length": p["length"],
-             "tokens_per_run": p["steps"] * p["batch"] * p["length"],
-             "learning_rates": list(p["learning_rates"]), "heldout_sequences": p["heldout"],
+  results = {**settings,
              "bayes_nats": float(lm_data.hmm_token_losses(params, tokens)[:, 1:].mean()),
-             "unigram_nats": lm_data.hmm_unigram(params), "models": [],
+             "unigram_nats": lm_data.hmm_unigram(params), "models": models,
              "machine": f"{platform.machine()}, {os.cpu_count()} cpus"}
-  if os.path.exists(out):
-    with open(out) as f:
-      previous = json.load(f)
-    settings = ("preset", "source", "tokens_per_run", "sequence_length", "learning_rates",
-                "heldout_sequences")
-    if {k: previous.get(k) for k in settings} != {k: results[k] for k in settings}:
-      raise app.UsageError(f"{out} holds a study with other settings; choose another --root")
-    results["models"] = previous["models"]
   done = {m["name"] for m in results["models"]}
   for width, depth, heads in p["sizes"]:
     if f"w{width}d{depth}" in done:
@@ -180,4 +180,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  study.run(main, lambda: f"the sizes already trained are kept in {FLAGS.root}/"
+            "scaling_laws.json; rerun the command to complete the study")

@@ -15,9 +15,38 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags, logging
 
-from substrax.train import optim
+from substrax.train import metrics, optim
 from substrax.train import step as step_lib
+
+
+def stop(message: str, code: int):
+  """Ends the command with one line on stderr, no traceback."""
+  print(f"{os.path.basename(sys.argv[0])}: {message}", file=sys.stderr, flush=True)
+  sys.exit(code)
+
+
+def run(main, interrupted):
+  """app.run(main) for a study command: a bad flag or an app.UsageError exits 2 in one line,
+  and Ctrl-C exits 130 in one line that says what is kept (`interrupted()`, called once the
+  flags are parsed). Library INFO logs (JAX's backend probing) stay off stderr."""
+  def parse(argv):
+    try:
+      return flags.FLAGS(argv)
+    except flags.Error as err:
+      stop(str(err), 2)
+
+  def guarded(argv):
+    logging.set_verbosity(logging.WARNING)
+    try:
+      return main(argv)
+    except app.UsageError as err:
+      stop(str(err), 2)
+    except KeyboardInterrupt:
+      stop(f"interrupted (SIGINT); {interrupted()}", 130)
+
+  app.run(guarded, flags_parser=parse)
 
 
 def finished(eval_json: str, num_steps: int) -> bool:
@@ -133,11 +162,13 @@ def train_together(configs, build, chunk: int, label: str, evaluate: bool = Fals
 
 
 def write_curve(workdir: str, curve: dict, member: int):
-  """A member's held-out curve as the eval records of WORKDIR/metrics.jsonl, the file a
-  trainer run writes, so that the task's evaluate() reports and plots it."""
+  """A member's held-out curve as the eval records of WORKDIR/metrics.jsonl, written by the
+  trainer's own MetricWriter, so that the task's evaluate() reports and plots it."""
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "metrics.jsonl.tmp"), "w") as f:
-    for i, step in enumerate(curve["step"]):
-      record = {k: float(v[i, member]) for k, v in curve.items() if k != "step"}
-      f.write(json.dumps({"step": int(step), "split": "eval", **record}) + "\n")
-  os.replace(os.path.join(workdir, "metrics.jsonl.tmp"), os.path.join(workdir, "metrics.jsonl"))
+  path = os.path.join(workdir, metrics.FILENAME)
+  if os.path.exists(path):   # a rerun replaces the curve
+    os.remove(path)
+  writer = metrics.MetricWriter(workdir, 0, print)
+  for i, step in enumerate(curve["step"]):
+    writer.write(step, "eval", {k: v[i, member] for k, v in curve.items() if k != "step"})
+  writer.close()

@@ -24,14 +24,13 @@ times, and writes ROOT/tokenization.json, ROOT/unigram.png (one panel per source
 ROOT/transformers.png (the loss curves); each transformer seed's eval/lm.json is in
 ROOT/lm/<tokenizer>/seed<K>.
 """
+import contextlib
+import io
 import json
 import math
 import os
 import platform
 import time
-
-import contextlib
-import io
 
 import jax
 import numpy as np
@@ -298,4 +297,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  study.run(main, lambda: "nothing is kept; rerun the command")

@@ -1,8 +1,10 @@
 """The notebooks run top to bottom on the tiny presets, and their jupytext pairs are in sync."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import jupytext
 import nbformat
@@ -57,12 +59,35 @@ def test_icl_probes_runs_on_the_tiny_preset(tmp_path, monkeypatch):
 
 
 def test_scaling_laws_refits_a_tiny_study(tmp_path, monkeypatch):
-  """The tiny preset of benchmarks/scaling_laws.py trains 4 sizes; the notebook refits them."""
-  run = subprocess.run([sys.executable, "scaling_laws.py", "--preset=tiny",
-                        f"--root={tmp_path}"], capture_output=True, text=True, timeout=300,
-                       cwd=os.path.join(REPO, "benchmarks"), env=cli_env(1))
+  """The tiny preset of benchmarks/scaling_laws.py trains 4 sizes; Ctrl-C keeps the sizes
+  already trained and a rerun completes the study; the notebook refits it."""
+  command = [sys.executable, "scaling_laws.py", "--preset=tiny", f"--root={tmp_path}"]
+  benchmarks = os.path.join(REPO, "benchmarks")
+  bad = subprocess.run(command + ["--held_out=2"], capture_output=True, text=True,
+                       timeout=300, cwd=benchmarks, env=cli_env(1))
+  assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+      "scaling_laws.py: --held_out must leave at least 3 of the 4 sizes to fit, got 2"]
+  first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           cwd=benchmarks, env=cli_env(1))
+  saved = tmp_path / "scaling_laws.json"
+  while not saved.exists() and first.poll() is None:   # the first size is written
+    time.sleep(0.1)
+  first.send_signal(signal.SIGINT)
+  _, err = first.communicate(timeout=300)
+  assert first.returncode == 130 and len(err.strip().splitlines()) == 1, err
+  assert "interrupted (SIGINT)" in err
+  kept = [m["name"] for m in json.load(open(saved))["models"]]
+  assert 1 <= len(kept) < 4
+  run = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=benchmarks,
+                       env=cli_env(1))
   assert run.returncode == 0, run.stderr
-  study = json.load(open(tmp_path / "scaling_laws.json"))
+  assert all(f"{name}: done already" in run.stdout for name in kept)
+  other = subprocess.run(command[:2] + ["--preset=cpu", f"--root={tmp_path}"],
+                         capture_output=True, text=True, timeout=300, cwd=benchmarks,
+                         env=cli_env(1))
+  assert other.returncode == 2 and len(other.stderr.strip().splitlines()) == 1
+  assert "holds a study with other settings" in other.stderr
+  study = json.load(open(saved))
   assert [m["name"] for m in study["models"]] == ["w8d1", "w8d2", "w16d1", "w16d2"]
   assert study["fit"]["prediction"]["name"] == "w16d2"
   # The Bayes loss is the forward algorithm's on the very held-out tokens the models score.
