@@ -244,22 +244,26 @@ def unigram_bits_per_char(tokenizer: Tokenizer, train_blocks, test_blocks) -> di
   Returns bits_per_char, eos_bits_per_char (the EOS terms' share of it), chars_per_token (test
   characters per test token, EOS not counted) and size.
   """
-  size = tokenizer.size
-  counts = np.zeros(size + 1, np.float64)   # index `size` is EOS
   train = tokenizer.encode_blocks(_as_symbols(train_blocks, tokenizer.alphabet, 2))
   test_blocks = _as_symbols(test_blocks, tokenizer.alphabet, 2)
   if not train or not test_blocks.size:
     raise ValueError(f"need non-empty train and test blocks, got shapes "
                      f"{np.shape(train_blocks)} and {test_blocks.shape}")
+  return unigram_of_ids(tokenizer.size, train, tokenizer.encode_blocks(test_blocks),
+                        test_blocks.size)
+
+
+def unigram_of_ids(size: int, train: list, test: list, test_chars: int) -> dict:
+  """unigram_bits_per_char on blocks already encoded: lists of token-id arrays, one per block,
+  from a dictionary of `size` tokens; test_chars, the characters the test blocks hold."""
+  counts = np.zeros(size + 1, np.float64)   # index `size` is EOS
   for ids in train:
     counts[:size] += np.bincount(ids, minlength=size)
   counts[size] = len(train)
   log_q = np.log2(counts + 1) - np.log2(counts.sum() + size + 1)
-  test = tokenizer.encode_blocks(test_blocks)
   test_counts = sum(np.bincount(ids, minlength=size) for ids in test)
-  chars = test_blocks.size
   eos_bits = -len(test) * log_q[size]
   token_bits = -float(test_counts @ log_q[:size])
-  return dict(bits_per_char=float(token_bits + eos_bits) / chars,
-              eos_bits_per_char=float(eos_bits) / chars,
-              chars_per_token=chars / float(test_counts.sum()), size=size)
+  return dict(bits_per_char=float(token_bits + eos_bits) / test_chars,
+              eos_bits_per_char=float(eos_bits) / test_chars,
+              chars_per_token=test_chars / float(test_counts.sum()), size=size)

@@ -46,15 +46,19 @@ def _line_fits(x, y):
   return a, b, (r * r).sum(-1)
 
 
+def _law(l_inf, intercept, alpha, rms_log, at_bound, fixed, points, space) -> dict:
+  """A fit's record: L = l_inf + exp(intercept − α log N), N₀ = exp(intercept / α)."""
+  with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+    log_n0 = float(intercept) / alpha if alpha != 0 else float("nan")
+    n0 = float(np.exp(log_n0))
+  return {"l_inf": float(l_inf), "alpha": float(alpha), "n0": n0, "log_n0": log_n0,
+          "intercept": float(intercept), "rms_log": float(rms_log), "at_bound": at_bound,
+          "fixed_l_inf": fixed, "points": points, "space": space}
+
+
 def _result(x, loss, l_inf, at_bound, fixed):
   a, b, sse = _line_fits(x, np.log(loss - l_inf))
-  alpha = -float(b)
-  with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-    log_n0 = float(a) / alpha if alpha != 0 else float("nan")
-    n0 = float(np.exp(log_n0))
-  return {"l_inf": float(l_inf), "alpha": alpha, "n0": n0, "log_n0": log_n0,
-          "intercept": float(a), "rms_log": float(np.sqrt(sse / len(x))),
-          "at_bound": at_bound, "fixed_l_inf": fixed, "points": len(x), "space": "reducible"}
+  return _law(l_inf, a, -float(b), np.sqrt(sse / len(x)), at_bound, fixed, len(x), "reducible")
 
 
 def non_embedding(params) -> int:
@@ -95,13 +99,8 @@ def _fit_total(x, loss, l_inf: float | None) -> dict:
   cost, (l_fit, a, alpha) = best
   at_bound = (None if l_inf is not None else "lower" if l_fit < BOUND_TOL * lowest
               else "upper" if lowest - l_fit < BOUND_TOL * lowest else None)
-  with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-    log_n0 = float(a) / alpha if alpha != 0 else float("nan")
-    n0 = float(np.exp(log_n0))
-  return {"l_inf": float(l_fit), "alpha": float(alpha), "n0": n0, "log_n0": log_n0,
-          "intercept": float(a), "rms_log": float(np.sqrt(2 * cost / len(x))),
-          "at_bound": at_bound, "fixed_l_inf": l_inf is not None, "points": len(x),
-          "space": "total"}
+  return _law(l_fit, a, alpha, np.sqrt(2 * cost / len(x)), at_bound, l_inf is not None,
+              len(x), "total")
 
 
 def fit_power_law(n, loss, *, l_inf: float | None = None, grid: int = 200,

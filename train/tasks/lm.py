@@ -18,9 +18,10 @@ tokens only; it is scored by exact match at each instance size of `eval.lengths`
 _build_algorithmic).
 
 Every sequence of the other sources has `data.length` + 1 tokens: position t predicts token
-t + 1, so the loss and the floors cover the `length` predicted tokens. Evaluation writes eval/lm.json (held-out loss in
-nats and bits per token and per character, at each of `eval.lengths`, beside the floor and the
-unigram loss) and eval/lm.png (held-out loss against the step, with both as lines).
+t + 1, so the loss and the floors cover the `length` predicted tokens. Evaluation writes
+eval/lm.json (held-out loss in nats and bits per token and per character, at each of
+`eval.lengths`, beside the floor and the unigram loss) and eval/lm.png (held-out loss against
+the step, with both as lines).
 """
 import math
 import os
@@ -286,19 +287,16 @@ def _validate_tokenized(config):
   require(e.batch_size > 0, "eval.batch_size", f"must be positive, got {e.batch_size}")
 
 
-def documents(tokenizer, blocks: np.ndarray, width: int) -> dict:
-  """Character blocks [n, m] as token documents: tokens [n, width + 1] holding
-  [EOS] ids [EOS] padded with EOS, mask [n, width] over the ids and the closing EOS (the
-  predictions a block's probability is the product of), chars [n] = m."""
-  eos = tokenizer.size
-  ids = tokenizer.encode_blocks(blocks)
+def documents(ids: list, eos: int, chars: int, width: int) -> dict:
+  """Encoded blocks of `chars` characters (a token-id array each) as documents: tokens
+  [n, width + 1] holding [EOS] ids [EOS] padded with EOS, mask [n, width] over the ids and the
+  closing EOS (the predictions a block's probability is the product of), chars [n]."""
   tokens = np.full((len(ids), width + 1), eos, np.int32)
   mask = np.zeros((len(ids), width), np.float32)
   for i, row in enumerate(ids):
     tokens[i, 1:1 + row.size] = row
     mask[i, :row.size + 1] = 1.0
-  return {"tokens": tokens, "mask": mask,
-          "chars": np.full(len(ids), blocks.shape[1], np.float32)}
+  return {"tokens": tokens, "mask": mask, "chars": np.full(len(ids), chars, np.float32)}
 
 
 def _build_tokenized(config) -> Task:
@@ -315,14 +313,16 @@ def _build_tokenized(config) -> Task:
   train_chars = blocks(e.seed + 1, d.contexts, d.length)
   tokenizer = tokenization.fit(d.tokenizer, train_chars.ravel(),
                                2 if d.tokenizer == "char" else d.dictionary, 2)
-  tests = {n: blocks(e.seed, e.num_sequences, n) for n in e.lengths}
+  train_ids = tokenizer.encode_blocks(train_chars)
+  test_ids = {n: tokenizer.encode_blocks(blocks(e.seed, e.num_sequences, n)) for n in e.lengths}
   # Validation made model.max_len cover a block of characters, the most tokens it can have.
-  width = 1 + max(ids.size for b in (train_chars, *tests.values())
-                  for ids in tokenizer.encode_blocks(b))
-  token_unigram = {n: tokenization.unigram_bits_per_char(tokenizer, train_chars, b)
-                   ["bits_per_char"] * math.log(2) for n, b in tests.items()}
-  train = documents(tokenizer, train_chars, width)
-  tests = {n: documents(tokenizer, b, width) for n, b in tests.items()}
+  width = 1 + max(ids.size for group in (train_ids, *test_ids.values()) for ids in group)
+  token_unigram = {n: tokenization.unigram_of_ids(tokenizer.size, train_ids, ids,
+                                                  n * len(ids))["bits_per_char"] * math.log(2)
+                   for n, ids in test_ids.items()}
+  eos = tokenizer.size
+  train = documents(train_ids, eos, d.length, width)
+  tests = {n: documents(ids, eos, n, width) for n, ids in test_ids.items()}
   model = LanguageModel(tokenizer.size + 1, m.width, m.depth, m.max_len, block_config(m))
   char_unigram = lm_data.binary_entropy(lm_data.markov_stationary(d.p, d.q))
 
@@ -473,10 +473,12 @@ def _build_algorithmic(config) -> Task:
   def evaluate(params, model_state, workdir, step):
     rows = []
     for n, examples in test_sets(e.num_sequences).items():
-      exact, accuracy = (np.concatenate(parts) for parts in zip(*(
-          (np.asarray(s[1])[:valid], np.asarray(s[2])[:valid])
-          for batch, valid in pipeline.batches(examples, e.batch_size)
-          for s in [score(params, model_state, batch)])))
+      exact, accuracy = [], []
+      for batch, valid in pipeline.batches(examples, e.batch_size):
+        _, batch_exact, batch_accuracy = score(params, model_state, batch)
+        exact.append(np.asarray(batch_exact)[:valid])
+        accuracy.append(np.asarray(batch_accuracy)[:valid])
+      exact, accuracy = np.concatenate(exact), np.concatenate(accuracy)
       rows.append({"n": int(n), "exact_match": float(exact.mean()),
                    "token_accuracy": float(accuracy.mean()), "examples": int(exact.size)})
     payload = {"step": int(step), "task": d.task, "train_max": d.train_max,
