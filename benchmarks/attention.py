@@ -27,7 +27,7 @@ softmax/xla was skipped. Model FLOPs, TFLOP/s = FLOPs / time:
   linear, performer, cosformer, lsa (chunked form, chunk C = min(64, L), feature dim F = D for
   linear and lsa, 2D for cosformer, 64 for performer): fwd = 2 B H L (C (F + D) + 2 F D), the
   intra-chunk products plus the state update and read; bwd = 2 fwd; feature maps not counted.
-  local, linformer, combiner: none.
+  local, linformer, combiner, relu: none.
 Prints a line per point as it finishes and, at the end, ms, x_time and TFLOP/s as one row per
 kind/impl and one column per L; writes a JSON file (environment, flags, every point, the checks)
 after each point and a log-log PNG next to it after each L, so a killed run keeps what it did.

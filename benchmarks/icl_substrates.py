@@ -1,6 +1,6 @@
 """In-context regression with every attention substrate: accuracy and speed against softmax.
 
-  python benchmarks/icl_substrates.py                          # cpu preset, all eight kinds
+  python benchmarks/icl_substrates.py                          # cpu preset, all nine kinds
   python benchmarks/icl_substrates.py --kinds=softmax,lsa --steps=3000
 
 Trains the same ICL model once per `model.attention.kind` (each run in --workdir/<kind>, so a

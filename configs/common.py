@@ -72,7 +72,8 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
 def attention_config(kind: str = "softmax") -> ml_collections.ConfigDict:
   """model.attention: the substrate and its settings (see substrax.models.attention)."""
   return ml_collections.ConfigDict(dict(
-      kind=kind,         # softmax, linear, performer, cosformer, linformer, local, combiner, lsa
+      kind=kind,         # softmax, linear, performer, cosformer, linformer, local, combiner, lsa,
+                         # relu
       impl="auto",       # auto, xla, cudnn, pallas (which ones a kind has: SUPPORTED_IMPLS)
       window=16,         # local: keys within this distance
       num_features=64,   # performer: random features

@@ -22,6 +22,15 @@ def epoch_indices(key, step, batch_size: int, num_examples: int):
   return jax.lax.dynamic_slice_in_dim(perm, within * batch_size, batch_size)
 
 
+def pool_sampler(batch_size: int):
+  """sample_batch for a pool of rows passed as data: rows drawn uniformly with replacement."""
+  def sample_batch(data, key, step):
+    del step  # the key already depends on the step
+    rows = jax.random.randint(key, (batch_size,), 0, len(next(iter(data.values()))))
+    return take(data, rows)
+  return sample_batch
+
+
 def take(arrays: dict, indices) -> dict:
   return {name: x[indices] for name, x in arrays.items()}
 

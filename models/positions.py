@@ -23,10 +23,10 @@ import numpy as np
 
 ABSOLUTE = ("learned", "sinusoidal", "none")
 # Relative scheme -> attention kinds that define it. RoPE needs raw q . k products (softmax,
-# local windows, and LSA's unnormalised linear form); the biases and URPE's multiplier act on the
-# materialised softmax scores.
-RELATIVE = {"rope": ("softmax", "local", "lsa"), "alibi": ("softmax",), "rpe": ("softmax",),
-            "urpe": ("softmax",)}
+# local windows, LSA's unnormalised linear form and ReLU attention's relu(q . k)); the biases and
+# URPE's multiplier act on the materialised softmax scores.
+RELATIVE = {"rope": ("softmax", "local", "lsa", "relu"), "alibi": ("softmax",),
+            "rpe": ("softmax",), "urpe": ("softmax",)}
 SCHEMES = ABSOLUTE + tuple(RELATIVE)
 # Softmax implementations that take each scheme: the score biases need the dense form, except
 # ALiBi, which the flash kernel computes from positions.

@@ -1,5 +1,6 @@
 """Property tests for every attention kind: fast form = quadratic form, causality, padding,
-FAVOR+ convergence, local = softmax at full window, and 50 ICL training steps per kind."""
+FAVOR+ convergence, local = softmax at full window, ReLU attention by hand, and 50 ICL training
+steps per kind."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,6 +39,8 @@ def fast_and_quadratic(kind, key, *, causal, mask):
   elif kind == "combiner":
     extras["summary_query"] = jax.random.normal(ks[5], (H, D))
     ref = reference.combiner(q, k, v, extras["summary_query"], causal=causal, mask=mask)
+  elif kind == "relu":
+    ref = reference.relu(q, k, v, causal=causal, mask=mask)
   else:
     if kind == "performer":
       extras["omega"] = linear.orthogonal_features(ks[6], 32, D)
@@ -60,6 +63,26 @@ def test_fast_form_equals_quadratic_form(kind):
     for m in (None, mask):
       ours, ref = fast_and_quadratic(kind, jax.random.key(0), causal=causal, mask=m)
       assert rel_err(ours, ref, m) <= 1e-5, (kind, causal, m is not None)
+
+
+def test_relu_attention_by_hand():
+  """Length 3, one head, d = 2. relu(q_i . k_j) = [[1, 0, 2], [0, 2, 0], [1, 1, 1]] (row i,
+  column j); v = [1, 0], [0, 2], [4, 4]. Each output averages over the keys i may see."""
+  q = jnp.array([[1., 0.], [0., 1.], [1., 1.]])
+  k = jnp.array([[1., 0.], [-1., 2.], [2., -1.]])
+  v = jnp.array([[1., 0.], [0., 2.], [4., 4.]])
+  q, k, v = (jnp.stack([t, t])[:, :, None, :] for t in (q, k, v))   # [2, 3, 1, 2]
+  run = lambda causal, mask=None: np.asarray(
+      attention.attend("relu", q, k, v, causal=causal, mask=mask))[:, :, 0]
+  np.testing.assert_allclose(run(True)[0], [[1, 0], [0, 2], [5 / 3, 2]], rtol=1e-6)
+  np.testing.assert_allclose(run(False)[0], [[3, 8 / 3], [0, 4 / 3], [5 / 3, 2]], rtol=1e-6)
+  # Key 1 padded in the first example: it neither contributes (relu(q_2 . k_1) = 1) nor
+  # counts, so query 2 averages v_0 and v_2 over 2 keys. The second example is all padding.
+  mask = jnp.array([[True, False, True], [False, False, False]])
+  for causal, row0 in ((True, [1, 0]), (False, [4.5, 4])):
+    out = run(causal, mask)
+    np.testing.assert_allclose(out[0, [0, 2]], [row0, [2.5, 2]], rtol=1e-6)
+    np.testing.assert_array_equal(out[1], 0.0)   # no allowed key: 0, not NaN
 
 
 def layer(kind, causal, width=32, heads=2):

@@ -2,7 +2,8 @@
 
 All tensors are [batch, length, heads, head_dim], the layout of jax.nn.dot_product_attention.
 Each kind's plain quadratic form is in `reference`; the fast forms live in softmax.py (softmax,
-local), linear.py (linear, performer, cosformer, lsa), linformer.py and combiner.py.
+local), linear.py (linear, performer, cosformer, lsa), linformer.py and combiner.py; relu.py
+holds ReLU attention, dense like softmax/xla.
 """
 import flax.linen as nn
 import jax
@@ -12,6 +13,7 @@ from substrax.models.attention.combiner import combiner_attention
 from substrax.models.attention.linear import (cosformer_features, elu_features, linear_attention,
                                               orthogonal_features, performer_features)
 from substrax.models.attention.linformer import linformer_attention
+from substrax.models.attention.relu import relu_attention
 from substrax.models.attention.softmax import local_attention, softmax_attention
 from substrax.models.kernels.reference import alibi_slopes
 from substrax.models.norms import centre
@@ -28,6 +30,7 @@ SUPPORTED_IMPLS = {
     "local": ("auto", "xla", "cudnn"),
     "combiner": ("auto", "xla"),
     "lsa": ("auto", "xla"),
+    "relu": ("auto", "xla"),
 }
 KINDS = tuple(SUPPORTED_IMPLS)
 FEATURE_MAPS = {"linear": elu_features, "cosformer": cosformer_features}
@@ -165,6 +168,8 @@ def attend(kind, q, k, v, *, causal, impl="auto", mask=None, segment_ids=None, w
     return linformer_attention(q, k, v, *length_proj, causal=causal, mask=mask)
   if kind == "combiner":
     return combiner_attention(q, k, v, summary_query, causal=causal, mask=mask)
+  if kind == "relu":
+    return relu_attention(q, k, v, causal=causal, mask=mask)
   if kind == "performer":
     q, k = (performer_features(t, omega, is_query=is_q, causal=causal, mask=mask)
             for t, is_q in ((q, True), (k, False)))

@@ -76,3 +76,13 @@ def combiner(q, k, v, u, *, causal, mask=None):
   within = jnp.einsum("bij,jr,bjh->bihjr", member, onehot, w) / mass[:, :, :, None]
   weights = p_direct + jnp.einsum("bihr,bihjr->bihj", p_region, within)
   return jnp.einsum("bihj,bjhd->bihd", weights, v)
+
+
+def relu(q, k, v, *, causal, mask=None):
+  """Weights relu(q_i . k_j) * allowed_ij / (number of allowed keys of i, at least 1); no
+  1/sqrt(d)."""
+  q, k, v = _f32(q, k, v)
+  ok = allowed_keys(q.shape[1], causal=causal, mask=mask).astype(jnp.float32)  # [b|1, 1, i, j]
+  count = jnp.maximum(ok.sum(-1, keepdims=True), 1.0)
+  w = jax.nn.relu(jnp.einsum("bqhd,bkhd->bhqk", q, k)) * ok / count
+  return jnp.einsum("bhqk,bkhd->bqhd", w, v)

@@ -14,6 +14,16 @@ def bootstrap_mean(errors: np.ndarray, n_boot: int, seed: int = 0):
   return errors.mean(0), np.stack(np.percentile(means, [2.5, 97.5], axis=0), axis=-1)
 
 
+def paired_ratio(a, b, n_boot: int, seed: int = 0):
+  """mean(a) / mean(b) over paired samples [N], with a 95% bootstrap interval that resamples
+  the pairs together (b's mean must be positive; a resample whose b sums to 0 is dropped)."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  idx = np.random.default_rng(seed).integers(0, len(a), (n_boot, len(a)))
+  den = b[idx].mean(1)
+  ratios = a[idx].mean(1)[den > 0] / den[den > 0]
+  return float(a.mean() / b.mean()), np.percentile(ratios, [2.5, 97.5]).tolist()
+
+
 def write_json(path: str, payload: dict):
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, "w") as f:

@@ -13,7 +13,8 @@ from substrax.train.errors import ConfigError
 REGISTRY = {"icl": "substrax.train.tasks.icl", "lra": "substrax.train.tasks.lra",
             "lm": "substrax.train.tasks.lm", "positions": "substrax.train.tasks.positions",
             "video": "substrax.train.tasks.video", "mesa": "substrax.train.tasks.mesa",
-            "programs": "substrax.train.tasks.programs"}
+            "programs": "substrax.train.tasks.programs",
+            "bandit": "substrax.train.tasks.bandit"}
 
 
 @dataclasses.dataclass(frozen=True)

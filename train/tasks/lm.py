@@ -246,17 +246,6 @@ def print_summary(r: dict):
           f"d_ff/{f} {loss:.4f}" for f, loss in x["granularities"].items()))
 
 
-# --------------------------------------------------------------------- pools of fixed rows
-
-def _pool_sampler(batch_size: int):
-  """sample_batch for a pool of rows passed as data: rows drawn uniformly with replacement."""
-  def sample_batch(data, key, step):
-    del step  # the key already depends on the step
-    rows = jax.random.randint(key, (batch_size,), 0, data["tokens"].shape[0])
-    return pipeline.take(data, rows)
-  return sample_batch
-
-
 # ------------------------------------------------------------------------------- tokenized
 
 def _validate_tokenized(config):
@@ -326,7 +315,7 @@ def _build_tokenized(config) -> Task:
   model = LanguageModel(tokenizer.size + 1, m.width, m.depth, m.max_len, block_config(m))
   char_unigram = lm_data.binary_entropy(lm_data.markov_stationary(d.p, d.q))
 
-  sample_batch = _pool_sampler(config.batch_size)
+  sample_batch = pipeline.pool_sampler(config.batch_size)
 
   def row_nats(params, model_state, batch):
     """Each document's negative log-likelihood in nats, its EOS included."""
@@ -440,7 +429,7 @@ def _build_algorithmic(config) -> Task:
   pool_rng = np.random.default_rng([config.seed, e.seed + 1])
   tokens, mask = algorithmic.packed_pool(task, pool_rng, d.contexts, d.length, d.train_max)
 
-  sample_batch = _pool_sampler(config.batch_size)
+  sample_batch = pipeline.pool_sampler(config.batch_size)
 
   def scores(params, model_state, batch):
     """(mean answer loss, exact [batch], token accuracy [batch]); in a packed context "exact"
