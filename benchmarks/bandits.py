@@ -211,7 +211,11 @@ def main(argv):
   print(f"\nLinUCB's two best indices, {margins['episodes']} of its episodes: gap < 0.05 in "
         f"{margins['below_0.05']:.1%} of decisions, < 0.1 in {margins['below_0.1']:.1%}, median "
         f"{margins['median']:.3f}")
-  with open(os.path.join(FLAGS.root, "bandits.json"), "w") as f:
+  out = os.path.join(FLAGS.root, "bandits.json")
+  if os.path.exists(out):   # a rerun keeps the wall times of the studies it skipped
+    with open(out) as f:
+      walls = {**json.load(f).get("study_wall_s", {}), **walls}
+  with open(out, "w") as f:
     json.dump({"preset": FLAGS.preset, "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
                "command_wall_s": wall, "study_wall_s": walls, "linucb_margins": margins,
                "reports": reports}, f, indent=1)

@@ -2,6 +2,7 @@
 uniform play, the episodes' mixtures, and the bandit task end to end."""
 import json
 
+import flax
 import jax
 import numpy as np
 import pytest
@@ -258,12 +259,23 @@ def test_darkroom_experts():
     assert np.asarray(off["labels"][i]).tolist() == sweep_labels(3, states[i], rewards[i]), i
 
 
-def test_darkroom_dpt_trains_and_reports(tmp_path):
+def test_darkroom_runs_through_the_task(tmp_path):
+  """Darkroom's DPT targets are the shortest-path moves, and an (untrained) model's loss,
+  held-out metrics and online evaluation run on it."""
   config = darkroom_config.get_config("tiny")
   config.data.objective = "dpt"
-  trainer.train_and_evaluate(config, str(tmp_path))
-  report = json.load(open(tmp_path / "eval" / "bandit.json"))
+  trainer.validate(config)
+  task = bandit.build(config)
+  np.testing.assert_array_equal(np.asarray(task.eval_data["targets"]),
+                                np.asarray(task.eval_data["optimal"]))
+  params = flax.linen.meta.unbox(task.model.init(jax.random.key(0), *task.init_inputs))["params"]
+  batch = task.sample_batch(task.train_data, jax.random.key(1), 0)
+  loss, _ = task.loss_fn(params, {}, batch, 0)
+  assert abs(float(loss) - np.log(darkroom.ACTIONS)) < 0.2   # near uniform at initialisation
+  assert set(task.eval_step(params, {}, task.eval_data, 0)) == {"loss", "agreement",
+                                                                "optimal_rate"}
+  report = task.evaluate(params, {}, str(tmp_path), 0)
   assert report["env"] == "darkroom"
   assert set(report["regret"]) == {"model", "model_greedy", *darkroom.EXPERTS}
-  assert report["final_regret"]["optimal"]["mean"] == 0
+  assert report["final_regret"]["optimal"]["mean"] == 0 and "optimal" not in report["ratio"]
   assert len(report["regret"]["model"]["mean"]) == config.data.horizon
