@@ -50,26 +50,50 @@ FLAGS = flags.FLAGS
 STUDIES = ("objectives", "ratio")
 
 
+def values(flag: str, cast) -> list:
+  """A list flag's values, each parsed once: one line naming the flag for a bad or repeated
+  value, or for none."""
+  raw = FLAGS[flag].value
+  try:
+    parsed = [cast(v) for v in raw]
+  except ValueError:
+    raise app.UsageError(f"--{flag}: every value must be a {cast.__name__}, got {raw}") from None
+  if not parsed or len(set(parsed)) < len(parsed):
+    raise app.UsageError(f"--{flag}: needs distinct values, got {raw}")
+  return parsed
+
+
 def members(name: str) -> dict:
   """{member name: config} of a study."""
   out = {}
   if name == "objectives":
-    for seed in FLAGS.seeds:
+    for seed in values("seeds", int):
       for objective in bandit.OBJECTIVES:
         c = bandit_config.get_config(FLAGS.preset)
-        c.data.objective, c.seed = objective, int(seed)
+        c.data.objective, c.seed = objective, seed
         out[f"{objective}_seed{seed}"] = c
   else:
-    for f in FLAGS.fractions:
+    for f in values("fractions", float):
       c = bandit_config.get_config(FLAGS.preset)
-      c.data.update(env="bernoulli", expert="thompson", off_policy=float(f))
-      out[f"off{f}"] = c
-  if not out:
-    raise ValueError(f"--{'seeds' if name == 'objectives' else 'fractions'}: the {name} study "
-                     "needs at least one value")
+      c.data.update(env="bernoulli", expert="thompson", off_policy=f)
+      out[f"off{f:g}"] = c
   for c in out.values():
     trainer.validate(c)
   return out
+
+
+def claim_root():
+  """ROOT/study.json records the preset; a rerun with another would mix the studies of two
+  presets (a finished member is recognised by its step count alone), so it stops instead."""
+  path = os.path.join(FLAGS.root, "study.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      if json.load(f)["preset"] != FLAGS.preset:
+        raise app.UsageError(f"{FLAGS.root} holds studies of another preset ({path}); "
+                             "choose another --root")
+  os.makedirs(FLAGS.root, exist_ok=True)
+  with open(path, "w") as f:
+    json.dump({"preset": FLAGS.preset}, f)
 
 
 def linucb_margins(num: int = 500) -> dict:
@@ -99,7 +123,8 @@ def report_path(name: str, member: str) -> str:
   return os.path.join(FLAGS.root, name, member, "eval", "bandit.json")
 
 
-def train_study(name: str, configs: dict) -> float:
+def train_study(name: str, configs: dict):
+  """Trains and evaluates a study's members; its wall time goes to ROOT/<study>/wall_time.json."""
   start = time.perf_counter()
   task, states, _ = study.train_together(list(configs.values()), bandit.build, FLAGS.chunk, name)
   # The members share the environment, so one compiled rollout of the model serves them all.
@@ -113,7 +138,10 @@ def train_study(name: str, configs: dict) -> float:
                                       config.num_steps)
     print(f"  {name} {member}: regret {report['final_regret']['model']['mean']:.2f}, "
           f"agreement {report['agreement']['mean']:.3f}", flush=True)
-  return time.perf_counter() - start
+  wall = time.perf_counter() - start
+  with open(os.path.join(FLAGS.root, name, "wall_time.json"), "w") as f:
+    json.dump({"wall_s": wall, "members": len(configs)}, f)
+  print(f"{name}: {wall / 60:.2f} min for {len(configs)} members", flush=True)
 
 
 def row(report: dict, name: str) -> str:
@@ -186,41 +214,38 @@ def plot(path: str, reports: dict):
 def main(argv):
   del argv
   unknown = set(FLAGS.studies) - set(STUDIES)
-  if unknown:
-    raise app.UsageError(f"--studies: unknown {sorted(unknown)}; choose from {STUDIES}")
+  if unknown or not FLAGS.studies:
+    raise app.UsageError(f"--studies: choose from {STUDIES}, got {FLAGS.studies}")
   try:
     plans = {name: members(name) for name in FLAGS.studies}
   except (ConfigError, ValueError) as err:
     raise app.UsageError(str(err)) from None
-  start = time.perf_counter()
+  claim_root()
   walls, reports = {}, {}
   for name, configs in plans.items():
     num_steps = next(iter(configs.values())).num_steps
     if all(study.finished(report_path(name, m), num_steps) for m in configs):
       print(f"{name}: done already", flush=True)
     else:
-      walls[name] = train_study(name, configs)
-      print(f"{name}: {walls[name] / 60:.2f} min for {len(configs)} members", flush=True)
+      train_study(name, configs)
     reports[name] = {}
     for m in configs:
       with open(report_path(name, m)) as f:
         reports[name][m] = json.load(f)
+    walls[name] = study.read_wall(os.path.join(FLAGS.root, name))
   margins = linucb_margins()
-  wall = time.perf_counter() - start
   print(tables(reports))
   print(f"\nLinUCB's two best indices, {margins['episodes']} of its episodes: gap < 0.05 in "
         f"{margins['below_0.05']:.1%} of decisions, < 0.1 in {margins['below_0.1']:.1%}, median "
         f"{margins['median']:.3f}")
-  out = os.path.join(FLAGS.root, "bandits.json")
-  if os.path.exists(out):   # a rerun keeps the wall times of the studies it skipped
-    with open(out) as f:
-      walls = {**json.load(f).get("study_wall_s", {}), **walls}
-  with open(out, "w") as f:
+  with open(os.path.join(FLAGS.root, "bandits.json"), "w") as f:
     json.dump({"preset": FLAGS.preset, "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
-               "command_wall_s": wall, "study_wall_s": walls, "linucb_margins": margins,
-               "reports": reports}, f, indent=1)
+               "study_wall_s": walls, "linucb_margins": margins, "reports": reports}, f,
+              indent=1)
   plot(os.path.join(FLAGS.root, "bandits.png"), reports)
-  print(f"this command {wall / 60:.1f} min; {FLAGS.root}/bandits.json, {FLAGS.root}/bandits.png")
+  print("training and evaluation: " + ", ".join(
+      f"{name} {w / 60:.1f} min" for name, w in walls.items() if w is not None)
+      + f"; {FLAGS.root}/bandits.json, {FLAGS.root}/bandits.png")
 
 
 if __name__ == "__main__":

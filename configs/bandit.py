@@ -52,9 +52,10 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
   c.eval_every_steps = 1000
   c.checkpoint.every_steps = 1000
   if preset == "tiny":
-    c.data.update(num_envs=256, horizon=12)
+    # As many held-out as training episodes: one compiled episode generator serves both.
+    c.data.update(num_envs=64, horizon=12)
     c.model.update(width=32, depth=1, num_heads=2)
-    c.eval.update(num_envs=16, episodes=32, bootstrap=100)
+    c.eval.update(num_envs=16, episodes=64, bootstrap=100)
     c.batch_size = 16
     c.num_steps = 20
     c.optim.warmup_steps = 5

@@ -14,7 +14,6 @@ eval/bandit.json and eval/bandit_regret.png: cumulative regret against the step 
 bands, the model's final regret over each expert's (paired bootstrap over environments), and
 the action agreement with the expert on its held-out episodes.
 """
-import functools
 import os
 
 import flax.linen as nn
@@ -142,24 +141,24 @@ def held_out(config):
                      config.eval.episodes, 0.0)
 
 
-def model_policy(d, model, variables, env, greedy: bool):
-  """The trained model as a rollout policy: its action at step t is drawn from (or, greedy, the
-  argmax of) the logits it reads at token t."""
+def model_policy(d, model, variables, env, greedy):
+  """The trained model as a rollout policy: its action at step t is drawn from (or, where the
+  bool `greedy`, traced or not, holds, the argmax of) the logits it reads at token t."""
   def policy(history, t, key):
     batch = {k: v[None] for k, v in history.items() if k in ("states", "actions", "rewards")}
     if d.env != "darkroom":
       batch["arms"] = env["arms"][None]
     logits = model.apply(variables, *model_args(d, batch))[0, t]
-    return jnp.argmax(logits) if greedy else jax.random.categorical(key, logits)
+    return jnp.where(greedy, jnp.argmax(logits), jax.random.categorical(key, logits))
   return policy
 
 
 def make_model_regret(d, model):
   """jit((variables, envs, keys, greedy) -> the model's per-step regret [num_envs, H]), its
-  rollouts vmapped over environments."""
+  rollouts vmapped over environments; `greedy` is an argument, so both ways share a compile."""
   module, spec = environment(d)
 
-  @functools.partial(jax.jit, static_argnums=3)
+  @jax.jit
   def model_regret(variables, envs, keys, greedy):
     def one(env, key):
       return module.rollout(spec, env, key, model_policy(d, model, variables, env, greedy))[1]
