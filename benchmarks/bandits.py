@@ -36,6 +36,7 @@ from substrax.configs import bandit as bandit_config
 from substrax.configs import common
 from substrax.data import bandits, episodes
 from substrax.train import trainer
+from substrax.train.analysis import reporting
 from substrax.train.errors import ConfigError
 from substrax.train.tasks import bandit
 
@@ -145,8 +146,7 @@ def train_study(name: str, configs: dict):
 
 
 def row(report: dict, name: str) -> str:
-  r = report["final_regret"][name]
-  return f"{r['mean']:.2f} [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]"
+  return reporting.interval(report["final_regret"][name], 2)
 
 
 def tables(reports: dict) -> str:
@@ -162,9 +162,9 @@ def tables(reports: dict) -> str:
     for member, r in runs.items():
       ratio = {x: r["ratio"][x] for x in ("linucb", "uniform")}
       a = r["agreement"]
-      lines.append(f"| {member} | {row(r, 'model')} | " + " | ".join(
-          f"{v['mean']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]" for v in ratio.values())
-          + f" | {a['mean']:.3f} [{a['ci95'][0]:.3f}, {a['ci95'][1]:.3f}] |")
+      lines.append(f"| {member} | {row(r, 'model')} | "
+                   + " | ".join(reporting.interval(v) for v in ratio.values())
+                   + f" | {reporting.interval(a)} |")
     for x in bandits.EXPERTS:
       lines.append(f"| {x} | {row(first, x)} | | | |")
     lines.append("")
@@ -177,9 +177,8 @@ def tables(reports: dict) -> str:
               "|---|---|---|---|"]
     for r in runs.values():
       t, a = r["ratio"]["thompson"], r["agreement"]
-      lines.append(f"| {r['off_policy']:g} | {row(r, 'model')} | {t['mean']:.3f} "
-                   f"[{t['ci95'][0]:.3f}, {t['ci95'][1]:.3f}] | {a['mean']:.3f} "
-                   f"[{a['ci95'][0]:.3f}, {a['ci95'][1]:.3f}] |")
+      lines.append(f"| {r['off_policy']:g} | {row(r, 'model')} | {reporting.interval(t)} | "
+                   f"{reporting.interval(a)} |")
     for x in ("thompson", "uniform"):
       lines.append(f"| {x} | {row(first, x)} | | |")
   return "\n".join(lines)

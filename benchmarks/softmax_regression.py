@@ -34,6 +34,7 @@ from matplotlib.figure import Figure
 
 import study
 from substrax.train.analysis import reporting
+from substrax.train.analysis.reporting import interval
 from substrax.train.analysis import softmax_regression as sr
 
 PRESETS = {
@@ -136,11 +137,6 @@ def lipschitz_study(p: dict) -> list:
                                            starts=q["starts"], steps=q["steps"])
       rows.append(row)
   return rows
-
-
-def interval(cell: dict, digits: int = 3) -> str:
-  lo, hi = cell["ci95"]
-  return f"{cell['mean']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
 def cosine_table(settings: list) -> str:

@@ -14,6 +14,12 @@ def bootstrap_mean(errors: np.ndarray, n_boot: int, seed: int = 0):
   return errors.mean(0), np.stack(np.percentile(means, [2.5, 97.5], axis=0), axis=-1)
 
 
+def interval(cell: dict, digits: int = 3) -> str:
+  """A {"mean", "ci95": [lo, hi]} cell as 'mean [lo, hi]'."""
+  lo, hi = cell["ci95"]
+  return f"{cell['mean']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
 def paired_ratio(a, b, n_boot: int, seed: int = 0):
   """mean(a) / mean(b) over paired samples [N], with a 95% bootstrap interval that resamples
   the pairs together (b's mean must be positive; a resample whose b sums to 0 is dropped)."""
