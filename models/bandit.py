@@ -3,9 +3,9 @@
 Token t holds the action set (the arms' features, flattened), the action taken at step t - 1
 (its features and its one-hot index) and its reward, a flag that is 1 from t = 1 on, and in an
 MDP the state at t (darkroom's actions are "arms" with one-hot features). The logits read at
-token t are the policy for step t given the history before it, so one forward pass scores every step of an
-episode (Lin, Bai & Mei 2024 interleave an action-set token and an (action, reward) token; one
-token per step carries the same information at half the length).
+token t are the policy for step t given the history before it, so one forward pass scores every
+step of an episode (Lin, Bai & Mei 2024 interleave an action-set token and an (action, reward)
+token; one token per step carries the same information at half the length).
 """
 import flax.linen as nn
 import jax
