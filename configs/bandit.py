@@ -36,7 +36,8 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
   ))
   c.model = ml_collections.ConfigDict(dict(
       width=64, depth=4, num_heads=4, mlp_ratio=2, norm="layernorm", positions="learned",
-      dtype="float32", attention=common.attention_config("relu"), mlp=common.mlp_config()))
+      dtype="float32", attention=common.attention_config("relu"), mlp=common.mlp_config(),
+      **common.layer_fields(preset)))   # gpu/pod: the 8 layers run as one scan
   c.eval = ml_collections.ConfigDict(dict(
       num_envs=200,          # new environments the model acts in, beside every expert
       episodes=512,          # held-out expert episodes for the action agreement

@@ -18,6 +18,7 @@ LOGICAL_AXIS_RULES = (
     ("kv", None),
     ("vocab", "model"),
     ("length", None),
+    ("layers", None),   # the stacked layer axis of model.scan's parameters
 )
 
 
@@ -93,6 +94,16 @@ def mlp_config() -> ml_collections.ConfigDict:
   ))
 
 
+def layer_fields(preset: str) -> dict:
+  """model.scan and model.remat (models/transformer.py), the backbone's layout and memory:
+  `scan` runs its identical blocks as one nn.scan (parameters stacked on a leading layer axis,
+  so compile time stops growing with depth); `remat` is the jax.checkpoint policy of every
+  block: none, full (keeps only each block's input) or dots (keeps the matmul outputs without
+  batch dimensions). The gpu and pod presets of the deep models scan; tiny and cpu keep the
+  unrolled block_0, block_1, ... that their checkpoints and analyses use."""
+  return dict(scan=preset in ("gpu", "pod"), remat="none")
+
+
 def check_preset(preset: str) -> str:
   if preset not in PRESETS:
     raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -108,6 +119,7 @@ def classifier_config() -> ml_collections.ConfigDict:
       dropout=0.0,       # on each residual branch, training only
       dtype="float32",
       attention=attention_config(),
+      scan=False, remat="none",   # see layer_fields; the LRA gpu presets of depth 4 scan
   ))
 
 
@@ -146,6 +158,7 @@ def lm_base(preset: str) -> ml_collections.ConfigDict:
       dtype="float32",
       attention=attention_config(),
       mlp=mlp_config(),
+      **layer_fields(preset),
   ))
   c.eval = ml_collections.ConfigDict(dict(
       lengths=(64,),           # evaluate() scores held-out sequences of each length

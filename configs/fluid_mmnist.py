@@ -85,7 +85,9 @@ def base(preset: str, dataset: str) -> ml_collections.ConfigDict:
           unroll=1,              # lax.scan unroll of the PDE sub-steps
       )),
       transformer=ml_collections.ConfigDict(dict(
-          num_heads=8, depth=2, temporal_depth=1, ffn=204)),
+          num_heads=8, depth=2, temporal_depth=1, ffn=204,
+          # common.layer_fields; off in every preset: 2 + 1 layers leave a scan nothing to save
+          scan=False, remat="none")),
       attention=common.attention_config(),   # the transformer's attention substrate
       convlstm=ml_collections.ConfigDict(dict(
           # GroupNorm(8) cannot split 45 channels; 9 groups of 5 keep the matched width.

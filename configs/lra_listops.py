@@ -37,7 +37,8 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
   elif preset in ("gpu", "pod"):
     # base_listops_config.py: 4 layers, 8 heads, emb 512, mlp 1024, CLS, batch 32, 5K steps,
     # lr 0.05 * warmup(1000) * rsqrt_decay, i.e. a peak of 0.05 / sqrt(1000) = 1.6e-3, wd 0.1.
-    c.model.update(width=512, depth=4, num_heads=8, mlp_ratio=2, dtype="bfloat16")
+    c.model.update(width=512, depth=4, num_heads=8, mlp_ratio=2, dtype="bfloat16",
+                   scan=True)
     c.batch_size = 32
     c.num_steps = 5000
     c.optim.update(learning_rate=1.6e-3, warmup_steps=1000, weight_decay=0.1)

@@ -38,7 +38,8 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
   elif preset in ("gpu", "pod"):
     # LRA's Pathfinder-32 Transformer override: 4 layers, 4 heads, emb 32, mlp 32, MEAN pooling,
     # dropout 0.2; batch 512 for 200 epochs of 160K images; lr 1e-3, warmup 1 epoch, cosine.
-    c.model.update(width=32, depth=4, num_heads=4, mlp_ratio=1, dropout=0.2, dtype="bfloat16")
+    c.model.update(width=32, depth=4, num_heads=4, mlp_ratio=1, dropout=0.2, dtype="bfloat16",
+                   scan=True)
     c.batch_size = 512
     c.num_steps = 200 * 160_000 // 512
     c.optim.update(learning_rate=1e-3, warmup_steps=160_000 // 512, weight_decay=0.0)

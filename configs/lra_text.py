@@ -32,7 +32,8 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
   elif preset in ("gpu", "pod"):
     # base_tc_config.py: 4 layers, 4 heads, emb 256, mlp 1024, CLS, batch 32, 20K steps,
     # lr 0.05 * warmup(8000) * rsqrt_decay, i.e. a peak of 0.05 / sqrt(8000) = 5.6e-4, wd 0.1.
-    c.model.update(width=256, depth=4, num_heads=4, mlp_ratio=4, dtype="bfloat16")
+    c.model.update(width=256, depth=4, num_heads=4, mlp_ratio=4, dtype="bfloat16",
+                   scan=True)
     c.batch_size = 32
     c.num_steps = 20_000
     c.optim.update(learning_rate=5.6e-4, warmup_steps=8000, weight_decay=0.1)

@@ -6,6 +6,9 @@ Models name every parameter dimension and constrain activations with logical axi
 import flax.linen as nn
 
 MESH_AXES = ("data", "fsdp", "model")
+# The leading axis of a scanned stack's parameters (models/transformer.py `scanned`): every
+# device holds every layer, so it maps to no mesh axis.
+LAYERS = "layers"
 
 
 def param_init(init, *names):

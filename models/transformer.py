@@ -4,6 +4,10 @@ It takes already-embedded inputs [batch, length, residual width] so that every f
 read-in, token embeddings, patches) reuses the same stack. The residual width is `width`, or
 width - 1 under CRMSNorm, whose stream stores only the free coordinates of a zero-mean vector
 (models/norms.py); heads and the MLP keep the sizes that `width` gives them.
+
+With `scan` the identical blocks run as one `nn.scan` whose parameters carry a leading layer
+axis ('blocks' instead of block_0, block_1, ...), so compile time stops growing with depth;
+`remat` names the `jax.checkpoint` policy each block is wrapped in (REMAT).
 """
 import dataclasses
 import math
@@ -16,7 +20,16 @@ import jax.numpy as jnp
 from substrax.models import positions as schemes
 from substrax.models.attention import Attention, layer_kwargs
 from substrax.models.norms import centre, make_norm
-from substrax.models.sharding import constrain, param_init
+from substrax.models.sharding import LAYERS, constrain, param_init
+
+# model.remat: what each block keeps for the backward pass (the rest is recomputed there).
+REMAT = {
+    "none": None,   # no jax.checkpoint: every activation is kept
+    "full": jax.checkpoint_policies.nothing_saveable,   # only the block's input
+    # The outputs of matmuls without batch dimensions (QKV, attention output and MLP
+    # projections); attention scores, softmax, norms and GELU are recomputed.
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +53,10 @@ class BlockConfig:
   mlp_hidden: tuple[int, ...] = ()
   experts: int = 0   # EMoE: the MLP's units in this many experts (0: dense); see MLP
   top_k: int = 0     # EMoE: experts each token uses
+  # The backbone's layout and memory, not its function: one nn.scan over identical blocks
+  # (parameters stacked on a leading layer axis), and the REMAT policy of every block.
+  scan: bool = False
+  remat: str = "none"
 
   def hidden(self, width: int, depth: int) -> tuple[int, ...]:
     """Each layer's MLP hidden units."""
@@ -53,7 +70,8 @@ def block_config(m) -> BlockConfig:
                      positions=m.get("positions", "learned"),
                      zero_mean=m.get("zero_mean", False),
                      attention=layer_kwargs(m.attention), dropout=m.get("dropout", 0.0),
-                     dtype=jnp.dtype(m.dtype), **mlp_fields(m))
+                     dtype=jnp.dtype(m.dtype), scan=m.get("scan", False),
+                     remat=m.get("remat", "none"), **mlp_fields(m))
 
 
 def mlp_fields(m) -> dict:
@@ -173,6 +191,34 @@ class Block(nn.Module):
     return constrain(x, "batch", "length", None)
 
 
+class ScannedBlock(Block):
+  """A Block in nn.scan's (carry, output) form; its parameters are Block's, one layer's slice."""
+
+  @nn.compact
+  def __call__(self, x, mask=None, segment_ids=None, deterministic=True):
+    return super().__call__(x, mask, segment_ids, deterministic), None
+
+
+def remat(module, policy: str, static_argnums: tuple[int, ...], prevent_cse: bool = True):
+  """`module` under nn.remat with REMAT[policy] (itself for 'none'). static_argnums count the
+  module as argument 0, as flax's lifted transforms do; inside nn.scan prevent_cse can be off
+  (the loop already keeps XLA from merging the recomputation into the forward pass)."""
+  if REMAT[policy] is None:
+    return module
+  return nn.remat(module, policy=REMAT[policy], static_argnums=static_argnums,
+                  prevent_cse=prevent_cse)
+
+
+def scanned(module, depth: int, broadcasts: int):
+  """nn.scan of `module` over `depth` layers: parameters stacked on a leading axis named LAYERS
+  (mapped to no mesh axis), each layer its own parameter, dropout and feature RNGs, and the
+  `broadcasts` arguments after the carry shared by every layer."""
+  return nn.scan(module, variable_axes={"params": 0},
+                 split_rngs={"params": True, "dropout": True, "features": True},
+                 in_axes=(nn.broadcast,) * broadcasts, length=depth,
+                 metadata_params={nn.PARTITION_NAME: LAYERS})
+
+
 class Transformer(nn.Module):
   width: int
   depth: int
@@ -201,8 +247,15 @@ class Transformer(nn.Module):
     # GPT-2 scales the residual-branch output projections by 1/sqrt(2 * depth).
     out_init = nn.initializers.normal(0.02 / math.sqrt(2 * self.depth))
     hidden = self.block.hidden(self.width, self.depth)
-    for i in range(self.depth):
-      block = Block(self.block, self.width, self.causal, self.max_len, out_init, hidden[i],
-                    name=f"block_{i}")
-      x = block(x, mask, segment_ids, deterministic, None if units is None else units[i])
+    args = (self.block, self.width, self.causal, self.max_len, out_init)
+    if self.block.scan:
+      if units is not None or len(set(hidden)) > 1:   # validation refuses both
+        raise ValueError("scan needs identical layers: no per-layer MLP widths or units")
+      stack = scanned(remat(ScannedBlock, self.block.remat, (4,), False), self.depth, 3)
+      x, _ = stack(*args, hidden[0], name="blocks")(x, mask, segment_ids, deterministic)
+    else:
+      layer = remat(Block, self.block.remat, (4, 5))
+      for i in range(self.depth):
+        x = layer(*args, hidden[i], name=f"block_{i}")(
+            x, mask, segment_ids, deterministic, None if units is None else units[i])
     return make_norm(self.block.norm, "norm_final")(x)

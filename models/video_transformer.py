@@ -4,7 +4,10 @@ Encoder: PatchEmbed + LayerNorm, learned positions (N x d), `depth` pre-norm blo
 Temporal: Dense(2d -> d) on [z_t; s_prev] + the same positions, `temporal_depth` blocks, LN.
 The state is the previous predicted latent, so this is a one-step Markov predictor (as in
 FluidWorld's baseline). Blocks use the repo's Attention layer (fused QKV, 4d^2 + 4d params,
-like PyTorch's MultiheadAttention), non-causal.
+like PyTorch's MultiheadAttention), non-causal. `scan` runs each stack as one nn.scan
+(parameters 'blocks' and 'temporal_blocks' with a leading layer axis instead of block_i and
+temporal_block_i) and `remat` wraps every block in a jax.checkpoint policy
+(models/transformer.py REMAT).
 """
 from collections.abc import Mapping
 from typing import Any
@@ -14,6 +17,7 @@ import jax.numpy as jnp
 
 from substrax.models.attention import Attention
 from substrax.models.sharding import param_init
+from substrax.models.transformer import remat, scanned
 from substrax.models.video import PatchEmbed, PixelDecoder, WorldModel, channel_norm, gelu
 
 _init = nn.initializers.truncated_normal(0.02)
@@ -40,6 +44,14 @@ class PreNormBlock(nn.Module):
     return x + _dense(x.shape[-1], ("mlp", "embed"), "ffn_out")(h)
 
 
+class ScannedPreNormBlock(PreNormBlock):
+  """A PreNormBlock in nn.scan's (carry, output) form."""
+
+  @nn.compact
+  def __call__(self, x):
+    return super().__call__(x), None
+
+
 class PositionEmbedding(nn.Module):
   """Learned [N, d] positions, std 0.02; N comes from the first input."""
 
@@ -57,26 +69,41 @@ class VideoTransformer(WorldModel):
   temporal_depth: int = 1
   ffn: int = 384
   attention: Mapping[str, Any] | None = None   # Attention kwargs (kind, impl, ...); None: softmax
+  scan: bool = False    # each stack as one nn.scan over stacked parameters
+  remat: str = "none"   # jax.checkpoint policy of every block (models/transformer.py REMAT)
 
   def setup(self):
     self.embed = PatchEmbed(self.dim, self.patch, "layernorm")
     self.pos = PositionEmbedding()
-    block = lambda name: PreNormBlock(self.num_heads, self.ffn, self.attention, name=name)
-    self.blocks = [block(f"block_{i}") for i in range(self.depth)]
+    self.blocks = self._stack("block", self.depth)
     self.norm = channel_norm("layernorm")
     self.temporal_in = _dense(self.dim, (None, "embed"), None)
-    self.temporal_blocks = [block(f"temporal_block_{i}") for i in range(self.temporal_depth)]
+    self.temporal_blocks = self._stack("temporal_block", self.temporal_depth)
     self.temporal_norm = channel_norm("layernorm")
     self.decoder = PixelDecoder(self.channels, self.decoder_mid, self.patch)
+
+  def _stack(self, prefix: str, depth: int):
+    """One scanned module (named after the attribute it is assigned to), or depth blocks
+    named prefix_0, prefix_1, ..."""
+    fields = (self.num_heads, self.ffn, self.attention)
+    if self.scan:
+      return scanned(remat(ScannedPreNormBlock, self.remat, (), False), depth, 0)(*fields)
+    layer = remat(PreNormBlock, self.remat, ())
+    return [layer(*fields, name=f"{prefix}_{i}") for i in range(depth)]
+
+  def _run(self, stack, t):
+    if self.scan:
+      return stack(t)[0]
+    for blk in stack:
+      t = blk(t)
+    return t
 
   def _tokens(self, grid):
     return grid.reshape(grid.shape[0], -1, grid.shape[-1])
 
   def encode(self, x, train: bool = False):
     u = self.embed(x)
-    t = self.pos(self._tokens(u))
-    for blk in self.blocks:
-      t = blk(t)
+    t = self._run(self.blocks, self.pos(self._tokens(u)))
     return self.norm(t).reshape(u.shape), {}
 
   def init_state(self, z):
@@ -84,8 +111,6 @@ class VideoTransformer(WorldModel):
 
   def step(self, state, z):
     t = self.temporal_in(self._tokens(jnp.concatenate([z, state], axis=-1)))
-    t = self.pos(t)
-    for blk in self.temporal_blocks:
-      t = blk(t)
+    t = self._run(self.temporal_blocks, self.pos(t))
     latent = self.temporal_norm(t).reshape(z.shape)
     return latent, latent

@@ -8,6 +8,7 @@ the directory read-only and only skips it. A checkpoint whose shapes differ from
 model is not unreadable: it belongs to another experiment, and that is a config error.
 """
 import os
+import re
 import sys
 
 import jax
@@ -99,9 +100,29 @@ def _shapes(tree) -> dict:
   return {_path_key(p): tuple(leaf.shape) for p, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
+# How a backbone stores its layers (models/transformer.py): model.scan stacks them in one
+# 'blocks' tree with a leading layer axis; otherwise each is its own block_<i>.
+LAYOUTS = {"stacked": "stacks the layers in one scanned 'blocks' tree",
+           "unrolled": "stores the layers unrolled as block_0, block_1, ..."}
+
+
+def layer_layout(paths) -> str | None:
+  """'stacked', 'unrolled' or None (no transformer layers) for a state's parameter paths."""
+  names = {name for path in paths for name in path.split("/")}
+  if names & {"blocks", "temporal_blocks"}:
+    return "stacked"
+  if any(re.fullmatch(r"(temporal_)?block_\d+", name) for name in names):
+    return "unrolled"
+  return None
+
+
 def mismatch(metadata, abstract_state) -> str:
   """How a checkpoint's arrays differ from the state the config builds ('' if they fit)."""
   saved, wanted = _shapes(metadata), _shapes(abstract_state)
+  there, here = layer_layout(saved), layer_layout(wanted)
+  if there and here and there != here:   # every layer's path differs: say why, once
+    return (f"it {LAYOUTS[there]}; this config's model {LAYOUTS[here]} (its scan setting "
+            "differs from the run's)")
   diffs = [f"{k} is {saved[k]} there and {wanted[k]} here" for k in wanted
            if k in saved and saved[k] != wanted[k]]
   diffs += [f"{k} is missing there" for k in wanted if k not in saved]

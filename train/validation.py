@@ -75,6 +75,29 @@ def check_backbone(m, key: str = "model"):
   check_positions(m, key)   # after the attention block: it checks the pair
   if m.get("mlp") is not None:
     check_mlp(m, f"{key}.mlp")
+  check_layers(m, key)
+
+
+def check_layers(m, key: str = "model"):
+  """model.scan and model.remat (configs.common.layer_fields). A scanned stack is one block
+  with stacked parameters, so every layer must be the same block: no per-layer MLP widths,
+  MatFormer granularities or EMoE experts, whose code and analyses read block_0, block_1, ..."""
+  policy = m.get("remat", "none")
+  require(policy in transformer.REMAT, f"{key}.remat",
+          f"unknown policy {policy!r}; choose one of {', '.join(transformer.REMAT)}")
+  mlp = m.get("mlp")
+  if not m.get("scan", False) or mlp is None:
+    return
+  hidden = transformer.block_config(m).hidden(m.width, m.depth)
+  require(len(set(hidden)) == 1, f"{key}.scan",
+          f"needs identical layers, but {key}.mlp.hidden gives them widths {hidden}; set "
+          f"{key}.scan=False")
+  require(not mlp.granularities, f"{key}.scan",
+          f"cannot be combined with {key}.mlp.granularities (MatFormer runs and extracts each "
+          f"layer at its own width); set {key}.scan=False")
+  require(not mlp.experts, f"{key}.scan",
+          f"cannot be combined with {key}.mlp.experts (EMoE keeps and sets each layer's expert "
+          f"groups by name); set {key}.scan=False")
 
 
 def check_mlp(m, key: str = "model.mlp"):

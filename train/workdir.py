@@ -20,12 +20,14 @@ LOCK = "lock"
 
 # What a rerun may change: how long it trains (num_steps, upward only), how often it logs,
 # evaluates and saves, what evaluation measures, where its checkpoints and data live (a new
-# checkpoint.directory must hold the moved checkpoints), and on how many devices it runs.
+# checkpoint.directory must hold the moved checkpoints), on how many devices it runs, and what
+# the backward pass recomputes (remat: the same parameters and function).
 # Anything else (task, data, model, loss, optimizer, seed) is another experiment.
 RESUMABLE = ("num_steps", "log_every_steps", "eval_every_steps", "progress_bar", "eval",
              "checkpoint.every_steps", "checkpoint.keep", "checkpoint.directory",
              "data.cache_dir", "data.data_dir",
-             "parallelism", "mesh_shape", "logical_axis_rules", "distributed")
+             "parallelism", "mesh_shape", "logical_axis_rules", "distributed",
+             "model.remat", "model.transformer.remat")
 
 
 def _probe_write(path: epath.Path, what: str):
@@ -90,7 +92,14 @@ _ABSENT = object()
 # Fields added after runs were recorded, with the value that computes what such a run did: a run
 # whose config.json lacks one is the same experiment as a config holding that value.
 ADDED = {"model.mlp.granularities": [], "model.mlp.hidden": [], "model.mlp.experts": 0,
-         "model.mlp.top_k": 0}
+         "model.mlp.top_k": 0, "model.scan": False, "model.remat": "none",
+         "model.transformer.scan": False, "model.transformer.remat": "none"}
+
+# Keys whose change also changes how the checkpoints store the parameters, said with the line.
+LAYOUT = {"model.scan": "the checkpoints store one stacked 'blocks' tree under scan and "
+                        "block_0, block_1, ... without",
+          "model.transformer.scan": "the checkpoints store stacked 'blocks' and "
+                                    "'temporal_blocks' under scan and block_i without"}
 
 
 def _resumable(key: str) -> bool:
@@ -106,7 +115,8 @@ def differences(recorded: dict, config: dict, training: bool) -> list[str]:
   shown = lambda tree, key: json.dumps(tree[key]) if key in tree else "(absent)"
   for key in sorted(set(old) | set(new)):
     if old.get(key, _ABSENT) != new.get(key, _ABSENT) and not _resumable(key):
-      out.append(f"{key}: {shown(old, key)} in the run, {shown(new, key)} now")
+      out.append(f"{key}: {shown(old, key)} in the run, {shown(new, key)} now" +
+                 (f" ({LAYOUT[key]})" if key in LAYOUT else ""))
   if training and isinstance(old.get("num_steps"), int) and new["num_steps"] < old["num_steps"]:
     out.append(f"num_steps: {old['num_steps']} in the run, {new['num_steps']} now "
                "(it may only grow)")

@@ -86,6 +86,8 @@ def validate(config):
           "selection scores a model trained on data.function_class='mixture'")
   require("probes" not in e.claims or m.name == "transformer", "eval.claims",
           "probes read a transformer's residual stream; model.name is 'lsa'")
+  require("probes" not in e.claims or not m.get("scan", False), "eval.claims",
+          "probes read each of block_0, block_1, ...; model.scan stacks them: set it False")
   require(not e.claims or m.name != "transformer" or not m.mlp.experts, "eval.claims",
           "the claims analyse dense models (their controls re-initialise parameters only); "
           "run them without model.mlp.experts")

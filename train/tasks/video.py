@@ -27,7 +27,7 @@ from substrax.models.fluid import FluidConfig, FluidWorld
 from substrax.models.video_transformer import VideoTransformer
 from substrax.train.analysis import reporting, video_metrics as vm
 from substrax.train.tasks import Task
-from substrax.train.validation import check_attention, require
+from substrax.train.validation import check_attention, check_layers, require
 
 DATASETS = ("moving_mnist", "grayscott")
 MODELS = ("fluid", "transformer", "convlstm")
@@ -103,6 +103,7 @@ def validate(config):
     for key in ("depth", "temporal_depth", "ffn"):
       require(t[key] > 0, f"model.transformer.{key}", f"must be positive, got {t[key]}")
     check_attention(m.attention)
+    check_layers(t, "model.transformer")
   else:
     c = m.convlstm
     require(c.enc_mid > 0 and c.enc_groups > 0 and c.enc_mid % c.enc_groups == 0,
