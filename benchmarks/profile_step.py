@@ -9,13 +9,17 @@ TensorBoard's profile plugin or Perfetto), writes the optimized HLO to --workdir
 and prints the op time per step by part (forward or backward; MLP, attention projections,
 attention core, norms, optimizer, sampler), then the top ops. Op times are summed over XLA's
 threads, so they add up to roughly the step's wall time only where the ops run one at a time.
+--matmuls=M,K,N;... also times each of those float32 matmuls (and its weight gradient, the
+transposed product) jitted alone, and a 2048^3 one: what the shapes allow on this host.
 """
 import collections
 import glob
 import os
 import re
+import time
 
 import jax
+import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
@@ -26,6 +30,8 @@ config_flags.DEFINE_config_file("config", "configs/icl_linear.py:cpu", "Experime
 flags.DEFINE_integer("steps", 50, "Traced steps.")
 flags.DEFINE_integer("top", 25, "Ops listed.")
 flags.DEFINE_string("workdir", "runs/profile_step", "Trace and HLO go here.")
+flags.DEFINE_string("matmuls", "1344,64,192;1344,64,256;1344,256,64",
+                    "M,K,N shapes timed alone (the tiny ICL step's rows x width products).")
 FLAGS = flags.FLAGS
 
 # The first of these names in an op's source path (its metadata op_name) names its part.
@@ -42,6 +48,23 @@ def part(op_name: str) -> str:
   if "jvp(" not in op_name:
     return name if name == "sampler" else "optimizer, loss and metrics"
   return ("backward " if "transpose(jvp(" in op_name else "forward ") + (name or "other")
+
+
+def matmul_gflops(m: int, k: int, n: int, reps: int = 200) -> tuple[float, float]:
+  """GFLOP/s of a jitted [m, k] x [k, n] float32 matmul and of its weight gradient
+  [m, k]^T x [m, n] (medians of `reps`)."""
+  a, w = jax.random.normal(jax.random.key(0), (m, k)), jax.random.normal(jax.random.key(1), (k, n))
+  g = jax.random.normal(jax.random.key(2), (m, n))
+  rates = []
+  for f, args in ((jax.jit(lambda a, w: a @ w), (a, w)), (jax.jit(lambda a, g: a.T @ g), (a, g))):
+    jax.block_until_ready(f(*args))
+    times = []
+    for _ in range(reps):
+      start = time.perf_counter()
+      jax.block_until_ready(f(*args))
+      times.append(time.perf_counter() - start)
+    rates.append(2 * m * k * n / float(np.median(times)) / 1e9)
+  return rates[0], rates[1]
 
 
 def main(_):
@@ -89,6 +112,12 @@ def main(_):
   for op, us in totals.most_common(FLAGS.top):
     shape, op_name = source[op]
     print(f"  {us:7.1f}  {op:28s} {shape:28s} {op_name.removeprefix('jit(sample_and_update)/')}")
+  if FLAGS.matmuls:
+    print("float32 matmuls alone (GFLOP/s: product, weight gradient):")
+    for shape in [*FLAGS.matmuls.split(";"), "2048,2048,2048"]:
+      m, k, n = (int(v) for v in shape.split(","))
+      print(f"  [{m}, {k}] x [{k}, {n}]: " + " / ".join(
+          f"{r:.0f}" for r in matmul_gflops(m, k, n, 20 if m == 2048 else 200)))
   print(f"wrote {trace_dir} and {FLAGS.workdir}/step.hlo.txt")
 
 
