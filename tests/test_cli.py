@@ -9,14 +9,6 @@ from substrax.train import trainer, validation
 from substrax.train.metrics import read_jsonl
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("tiny") / "run")
-  run = cli("substrax-train", f"--config={ICL_CONFIG}:tiny", f"--workdir={workdir}")
-  assert run.returncode == 0, run.stderr
-  return workdir, run
-
-
 def test_train_writes_config_metrics_tensorboard_and_eval(tiny_run):
   workdir, run = tiny_run
   assert json.load(open(os.path.join(workdir, "config.json")))["task"] == "icl"
@@ -61,6 +53,22 @@ def test_inspect_counts_parameters_and_flops():
   assert 1e9 < report["flops_per_step"] < 2e9
   table = cli("substrax-inspect", f"--config={ICL_CONFIG}:cpu")
   assert "backbone/block_0/attn" in table.stdout and "total" in table.stdout
+
+
+def test_inspect_reports_compile_seconds_and_compiled_memory_per_device():
+  report = trainer.inspect(icl_config("tiny"))   # 8 devices, data parallel
+  assert report["setup_s"] > 0 and report["lower_s"] > 0 and report["compile_s"] > 0
+  mem = report["memory_per_device"]
+  assert mem["total"] == mem["argument"] + mem["output"] + mem["temp"] - mem["alias"] > 0
+  # The step's arguments are the train state, donated (aliased to the outputs), and the data.
+  state = report["param_bytes_per_device"] + report["optimizer_bytes_per_device"]
+  assert mem["argument"] >= state + report["data_bytes_per_device"] and mem["alias"] >= state
+  table = trainer.format_inspect(report)
+  assert f"compiled memory per device (XLA estimate): {mem['total']:,} bytes" in table
+  assert "compile" in table and "on 8 cpu devices" in table
+  # Backends without XLA's memory analysis give None, which the table says in words.
+  assert "compiled memory per device: unavailable on cpu" in trainer.format_inspect(
+      report | {"memory_per_device": None})
 
 
 BAD_CONFIGS = [

@@ -37,16 +37,14 @@ def losses_in_process(config, steps):
   return np.array(out)
 
 
-def test_one_device_equals_eight_devices_on_every_mesh(tmp_path):
-  run = cli("substrax-train", f"--config={ICL_CONFIG}:tiny", f"--workdir={tmp_path}",
-            "--config.num_steps=10", devices=1)
-  assert run.returncode == 0, run.stderr
-  reference = np.array([loss for _, loss in train_losses(str(tmp_path))])
-  assert len(reference) == 10
+def test_one_device_equals_eight_devices_on_every_mesh(tiny_run):
+  # tiny_run: substrax-train on one device (conftest.py).
+  reference = np.array([loss for _, loss in train_losses(tiny_run[0])])
+  assert len(reference) == 20
   # The named layouts (data parallel, FSDP, FSDP x 2-way tensor) and an explicit 3-axis mesh.
   for layout in [{"parallelism": "data"}, {"parallelism": "fsdp"},
                  {"parallelism": "fsdp_tensor"}, {"mesh_shape": (2, 2, 2)}]:
-    got = losses_in_process(icl_config("tiny", num_steps=10, **layout), 10)
+    got = losses_in_process(icl_config("tiny", **layout), 20)
     np.testing.assert_allclose(got, reference, rtol=1e-5, err_msg=str(layout))
 
 
