@@ -71,8 +71,9 @@ def test_tiny_trains_and_reports_trivial_predictors(model, experiment, feedback,
 
 @pytest.mark.parametrize("model", video.MODELS)
 def test_paper_config_reproduces_the_published_counts(model, monkeypatch):
-  # Counting needs no compile; the FLOP count would compile the paper-size train step.
-  monkeypatch.setattr(trainer, "train_step_flops", lambda exp: float("nan"))
+  # Counting needs no compile; inspect's compile would compile the paper-size train step.
+  monkeypatch.setattr(trainer, "compile_train_step", lambda exp: {
+      "lower_s": 0.0, "compile_s": 0.0, "flops": float("nan"), "memory": None})
   config = experiment_config("fluid_paper", "cpu", **{"model.name": model})
   assert trainer.inspect(config)["total_params"] == PAPER_COUNTS[model]
 

@@ -193,6 +193,7 @@ def _eval():
 
 def _inspect():
   from substrax.train import trainer
+  # No distributed.initialize: inspect compiles for this host's devices, `pod` presets too.
   report = trainer.inspect(FLAGS.config)
   print(json.dumps(report, indent=1) if FLAGS.json else trainer.format_inspect(report))
 

@@ -321,16 +321,51 @@ def evaluate_checkpoint(config, workdir: str):
     return evaluate(exp, state, workdir, step)
 
 
+# XLA's compiled memory estimate, per device: these fields of Compiled.memory_analysis().
+MEMORY_FIELDS = ("argument", "output", "temp", "alias", "generated_code")
+
+
+def compile_train_step(exp: Experiment) -> dict:
+  """Lowers and compiles the train step once from the abstract state (nothing is initialised)
+  and reads XLA's FLOP count and memory estimate from that one compiled program. Call it
+  inside `exp.activate()`.
+
+  Returns lower_s and compile_s (wall seconds), flops (NaN where the backend counts none) and
+  memory: bytes per device of MEMORY_FIELDS plus total = argument + output + temp - alias (the
+  donated state is aliased, so it counts once), or None where the backend has no estimate.
+  """
+  start = time.perf_counter()
+  lowered = exp.train_step.lower(exp.abstract_state, exp.train_data)
+  lowered_at = time.perf_counter()
+  compiled = lowered.compile()
+  compiled_at = time.perf_counter()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  stats = compiled.memory_analysis()
+  memory = None
+  if stats is not None:
+    memory = {f: int(getattr(stats, f"{f}_size_in_bytes")) for f in MEMORY_FIELDS}
+    memory["total"] = memory["argument"] + memory["output"] + memory["temp"] - memory["alias"]
+  return {"lower_s": lowered_at - start, "compile_s": compiled_at - lowered_at,
+          "flops": float((cost or {}).get("flops", float("nan"))), "memory": memory}
+
+
 def train_step_flops(exp: Experiment) -> float:
   """FLOPs of one compiled train step (data sampling included), as counted by XLA."""
-  cost = exp.train_step.lower(exp.abstract_state, exp.train_data).compile().cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost.get("flops", float("nan")))
+  return compile_train_step(exp)["flops"]
 
 
 def inspect(config, depth: int = 3) -> dict:
-  """Parameter counts per module (path prefix of `depth`), bytes, and FLOPs per train step."""
+  """Parameter counts per module (path prefix of `depth`), bytes, FLOPs per train step, and the
+  step's lower and compile seconds and compiled memory per device.
+
+  It builds the mesh on this process's devices and never joins a multi-process run, so a `pod`
+  preset is inspected on one host (with N fake CPU devices: XLA_FLAGS=
+  --xla_force_host_platform_device_count=N)."""
+  jax.devices()   # the backend's start-up is not the task's setup time
+  start = time.perf_counter()
   exp = setup(config)
+  setup_s = time.perf_counter() - start
   params = exp.abstract_state.params
   modules: dict[str, list[int]] = {}
   for path, leaf in jax.tree_util.tree_leaves_with_path(params):
@@ -345,7 +380,7 @@ def inspect(config, depth: int = 3) -> dict:
     return sum(int(np.prod(x.sharding.shard_shape(x.shape))) * x.dtype.itemsize
                for x in jax.tree.leaves(tree))
   with exp.activate():
-    flops = train_step_flops(exp)
+    step = compile_train_step(exp)
   return {
       "modules": [{"name": k, "params": v[0], "bytes": v[1]} for k, v in modules.items()],
       "total_params": sum(v[0] for v in modules.values()),
@@ -353,9 +388,17 @@ def inspect(config, depth: int = 3) -> dict:
       "train_state_bytes": state_bytes,
       "param_bytes_per_device": per_device(params),
       "optimizer_bytes_per_device": per_device(exp.abstract_state.opt_state),
-      "flops_per_step": flops,
+      "data_bytes_per_device": per_device(exp.train_data),
+      "flops_per_step": step["flops"],   # per device: XLA counts the partitioned program
       "batch_size": config.batch_size,
       "mesh": dict(exp.mesh.shape),
+      "backend": jax.default_backend(),
+      # setup builds the task, so it includes generating or loading the dataset
+      "setup_s": setup_s, "lower_s": step["lower_s"], "compile_s": step["compile_s"],
+      # a persistent-cache hit reads the program instead of compiling it
+      "compilation_cache": bool(jax.config.jax_enable_compilation_cache
+                                and jax.config.jax_compilation_cache_dir),
+      "memory_per_device": step["memory"],
   }
 
 
@@ -366,8 +409,23 @@ def format_inspect(report: dict) -> str:
   lines.append(f"{'total':<{width}}{report['total_params']:>12,}{report['param_bytes']:>14,}")
   lines.append(f"train state (params + optimizer): {report['train_state_bytes']:,} bytes")
   lines.append(f"per device: params {report['param_bytes_per_device']:,} bytes, optimizer state "
-               f"{report['optimizer_bytes_per_device']:,} bytes")
-  lines.append(f"FLOPs per train step (XLA count, batch {report['batch_size']}): "
-               f"{report['flops_per_step']:.4g}")
+               f"{report['optimizer_bytes_per_device']:,} bytes, training data "
+               f"{report['data_bytes_per_device']:,} bytes")
+  devices = int(np.prod(list(report["mesh"].values())))
+  # XLA counts the partitioned program: one device's share of the step
+  lines.append(f"FLOPs per train step and device (XLA count, global batch "
+               f"{report['batch_size']} on {devices} devices): {report['flops_per_step']:.4g}")
+  lines.append(f"train step on {devices} {report['backend']} devices: setup "
+               f"{report['setup_s']:.2f} s (task and data), lower {report['lower_s']:.2f} s, "
+               f"compile {report['compile_s']:.2f} s" +
+               (" (persistent compilation cache on)" if report["compilation_cache"] else ""))
+  mem = report["memory_per_device"]
+  if mem is None:
+    lines.append(f"compiled memory per device: unavailable on {report['backend']}")
+  else:
+    lines.append(f"compiled memory per device (XLA estimate): {mem['total']:,} bytes")
+    lines.append(f"  = arguments {mem['argument']:,} + outputs {mem['output']:,} + temp "
+                 f"{mem['temp']:,} - aliased {mem['alias']:,} (generated code "
+                 f"{mem['generated_code']:,})")
   lines.append(f"mesh: {json.dumps(report['mesh'])}")
   return "\n".join(lines)

@@ -1,0 +1,204 @@
+"""Compiles every config's `gpu` and `pod` preset on 8 fake CPU devices: lower and compile
+seconds, XLA's compiled memory per device, FLOPs per step.
+
+  python benchmarks/compile_presets.py                          # every config, gpu and pod
+  python benchmarks/compile_presets.py --only=icl_linear:gpu,lra_text:pod
+  python benchmarks/compile_presets.py --scan_compare=icl_linear:gpu   # nn.scan vs unrolled
+
+Each preset is `substrax-inspect --json` in a process of its own, with XLA_FLAGS set in its
+environment before jax starts and a timeout, so a crash or a hang stays in its row and its
+memory is freed. The children run without the persistent compilation cache: a cache read is not
+a compile. `setup` is building the task, its dataset included (generated, or read from the
+cache under $SUBSTRAX_DATA; a cold Pathfinder-32 build took 25 minutes on 2 busy cores).
+lm_text trains on the user's corpus (data.path): it compiles with the repository's README.md as
+the corpus, which changes only its data column. Writes OUT/results.json and
+OUT/results.md (the table); with --only, those presets' rows replace their old ones there.
+Exits 1 if a preset failed, after the table.
+"""
+import importlib
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import jax
+from absl import flags
+
+import study
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(REPO, "configs")
+DEVICES = 8
+PRESETS = ("gpu", "pod")
+# Configs whose data the user supplies, and the overrides of a stand-in with the same shapes.
+CORPUS = os.path.join(tempfile.gettempdir(), "compile_presets_corpus.txt")  # lm_text needs .txt
+STAND_INS = {"lm_text": [f"--config.data.path={CORPUS}"]}
+
+flags.DEFINE_list("only", [], "CONFIG:PRESET entries to run instead of all, e.g. "
+                  "icl_linear:gpu,lra_text:pod.")
+flags.DEFINE_string("scan_compare", None, "CONFIG:PRESET: compile with model.scan=True and "
+                    "=False, interleaved, and compare the median compile seconds.")
+flags.DEFINE_integer("repeats", 3, "--scan_compare: compiles of each variant.")
+flags.DEFINE_integer("timeout_s", 1800, "Per preset, data generation included.")
+flags.DEFINE_string("out", "runs/compile_presets", "Where results.json and results.md go.")
+FLAGS = flags.FLAGS
+
+
+def config_names() -> list[str]:
+  return sorted(f[:-3] for f in os.listdir(CONFIGS)
+                if f.endswith(".py") and f not in ("__init__.py", "common.py"))
+
+
+def parse_entry(entry: str) -> tuple[str, str]:
+  name, _, preset = entry.partition(":")
+  if name not in config_names():
+    raise ValueError(f"no config {name!r} in configs/ (from {entry!r})")
+  if preset not in ("tiny", "cpu", *PRESETS):
+    raise ValueError(f"{entry!r}: give CONFIG:PRESET with a preset of tiny, cpu, gpu, pod")
+  return name, preset
+
+
+def child_env() -> dict:
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(DEVICES),
+             JAX_ENABLE_COMPILATION_CACHE="false")
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)
+  kept = [f for f in env.get("XLA_FLAGS", "").split()
+          if not f.startswith("--xla_force_host_platform_device_count")]
+  env["XLA_FLAGS"] = " ".join(kept + [f"--xla_force_host_platform_device_count={DEVICES}"])
+  return env
+
+
+def inspect(name: str, preset: str, overrides=()) -> dict:
+  """One preset through substrax-inspect --json in a fresh process: its report (modules left
+  out) or the one-line reason it failed."""
+  binary = os.path.join(os.path.dirname(sys.executable), "substrax-inspect")
+  overrides = [*STAND_INS.get(name, []), *overrides]
+  args = [binary, f"--config={os.path.join(CONFIGS, name)}.py:{preset}", "--json", *overrides]
+  row = {"config": name, "preset": preset, "overrides": overrides, "jax": jax.__version__,
+         "time": time.strftime("%Y-%m-%d %H:%M")}
+  start = time.perf_counter()
+  # A session of its own, so that a timeout or Ctrl-C also ends the data builders' workers.
+  proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          cwd=REPO, env=child_env(), start_new_session=True)
+  try:
+    stdout, stderr = proc.communicate(timeout=FLAGS.timeout_s)
+  except BaseException as e:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    if not isinstance(e, subprocess.TimeoutExpired):
+      raise
+    return row | {"ok": False, "reason": f"timed out after {FLAGS.timeout_s} s",
+                  "wall_s": time.perf_counter() - start}
+  row["wall_s"] = time.perf_counter() - start
+  if proc.returncode != 0:
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    reason = lines[-1].removeprefix("substrax-inspect: ") if lines else "no output"
+    if proc.returncode < 0:   # killed: the kernel's OOM killer sends SIGKILL
+      reason = f"killed by {signal.Signals(-proc.returncode).name}; last line: {reason}"
+    return row | {"ok": False, "reason": reason}
+  # The report is the last top-level JSON object on stdout (data builders may print first).
+  text = stdout[stdout.rindex("\n{\n") + 1 if "\n{\n" in stdout else 0:]
+  report = json.loads(text)
+  report.pop("modules")
+  return row | {"ok": True} | report
+
+
+def mib(n: int) -> str:
+  return f"{n / 2**20:,.1f}" if n >= 2**20 / 10 else "<0.1" if n else "0"
+
+
+def scanned(row: dict) -> str:
+  """The row's model.scan. XLA's cost analysis counts a loop body once, so the FLOPs of a
+  scanned model count its blocks once."""
+  for override in row["overrides"]:
+    if override.startswith("--config.model.scan="):
+      return {"True": "yes", "False": "no"}[override.partition("=")[2]]
+  config = importlib.import_module(f"substrax.configs.{row['config']}")
+  return {True: "yes", False: "no"}.get(config.get_config(row["preset"]).model.get("scan"), "-")
+
+
+HEADER = ("| preset | mesh (data, fsdp, model) | params | model.scan | setup s (data) | lower s "
+          "| compile s | params MiB/dev | optimizer MiB/dev | data MiB/dev | temp MiB/dev "
+          "| total MiB/dev | GFLOP/step/dev |")
+
+
+def table_row(row: dict) -> str:
+  label = f"{row['config']}:{row['preset']}"
+  label += " (README as corpus)" if row["config"] in STAND_INS else ""
+  if not row["ok"]:
+    # its first clause: TFDS's message goes on to say how to prepare the data (in the JSON)
+    return f"| {label} | failed: {row['reason'].split('; ')[0]} |" + " |" * 11
+  mesh = "x".join(str(v) for v in row["mesh"].values())
+  mem = row["memory_per_device"]
+  temp, total = (mib(mem["temp"]), mib(mem["total"])) if mem else ("unavailable",) * 2
+  return (f"| {label} | {mesh} | {row['total_params']:,} | {scanned(row)} | {row['setup_s']:.1f} | "
+          f"{row['lower_s']:.1f} | {row['compile_s']:.1f} | {mib(row['param_bytes_per_device'])} "
+          f"| {mib(row['optimizer_bytes_per_device'])} | {mib(row['data_bytes_per_device'])} | "
+          f"{temp} | {total} | {row['flops_per_step'] / 1e9:,.1f} |")
+
+
+def compare_scan(entry: str):
+  name, preset = parse_entry(entry)
+  runs = {True: [], False: []}
+  for rep in range(FLAGS.repeats):
+    for scan in (True, False):   # interleaved, so a change in the host's load hits both
+      row = inspect(name, preset, [f"--config.model.scan={scan}"])
+      if not row["ok"]:
+        study.stop(f"{entry} --config.model.scan={scan}: {row['reason']}", 1)
+      runs[scan].append(row)
+      mem = row["memory_per_device"]
+      print(f"{entry} scan={scan!s:<5} run {rep + 1}: lower {row['lower_s']:.2f} s, compile "
+            f"{row['compile_s']:.2f} s, memory/device "
+            f"{mib(mem['total']) + ' MiB' if mem else 'unavailable'}, XLA GFLOP/step/device "
+            f"{row['flops_per_step'] / 1e9:.2f}", flush=True)
+  median = {scan: {k: statistics.median(r[k] for r in rows) for k in ("lower_s", "compile_s")}
+            for scan, rows in runs.items()}
+  print(f"{entry}, medians of {FLAGS.repeats} ({DEVICES} fake CPU devices): scan lower "
+        f"{median[True]['lower_s']:.2f} s, compile {median[True]['compile_s']:.2f} s; unrolled "
+        f"lower {median[False]['lower_s']:.2f} s, compile {median[False]['compile_s']:.2f} s; "
+        f"compile unrolled / scan = "
+        f"{median[False]['compile_s'] / median[True]['compile_s']:.2f}x")
+
+
+def main(argv):
+  if len(argv) > 1:
+    study.stop(f"unexpected arguments {' '.join(argv[1:])}", 2)
+  with open(os.path.join(REPO, "README.md"), "rb") as src, open(CORPUS, "wb") as dst:
+    dst.write(src.read())
+  try:
+    if FLAGS.scan_compare:
+      return compare_scan(FLAGS.scan_compare)
+    entries = ([parse_entry(e) for e in FLAGS.only] if FLAGS.only else
+               [(name, preset) for name in config_names() for preset in PRESETS])
+  except ValueError as e:
+    study.stop(str(e), 2)
+  rows = []
+  print(HEADER + "\n" + "|---" * HEADER.count(" | ") + "|---|", flush=True)
+  for name, preset in entries:
+    rows.append(inspect(name, preset))
+    print(table_row(rows[-1]), flush=True)
+  path = os.path.join(FLAGS.out, "results.json")
+  kept = []
+  if FLAGS.only and os.path.exists(path):
+    with open(path) as f:
+      kept = [r for r in json.load(f)["rows"] if (r["config"], r["preset"]) not in entries]
+  order = lambda r: (r["config"], ("tiny", "cpu", *PRESETS).index(r["preset"]))
+  table_rows = sorted(kept + rows, key=order)
+  os.makedirs(FLAGS.out, exist_ok=True)
+  with open(path, "w") as f:
+    json.dump({"devices": DEVICES, "rows": table_rows}, f, indent=1)
+  with open(os.path.join(FLAGS.out, "results.md"), "w") as f:
+    f.write("\n".join([HEADER, "|---" * HEADER.count(" | ") + "|---|"] +
+                      [table_row(r) for r in table_rows]) + "\n")
+  print(f"\nwrote {path} and results.md: {len(rows)} rows from this run, {len(kept)} kept")
+  failed = [f"{r['config']}:{r['preset']}" for r in rows if not r["ok"]]
+  if failed:
+    study.stop(f"{len(failed)} of {len(rows)} presets failed: {', '.join(failed)}", 1)
+
+
+if __name__ == "__main__":
+  study.run(main, lambda: "presets finished so far are printed above; nothing was written")
