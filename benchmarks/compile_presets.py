@@ -117,8 +117,11 @@ def scanned(row: dict) -> str:
   for override in row["overrides"]:
     if override.startswith("--config.model.scan="):
       return {"True": "yes", "False": "no"}[override.partition("=")[2]]
-  config = importlib.import_module(f"substrax.configs.{row['config']}")
-  return {True: "yes", False: "no"}.get(config.get_config(row["preset"]).model.get("scan"), "-")
+  model = importlib.import_module(f"substrax.configs.{row['config']}").get_config(
+      row["preset"]).model
+  if model.get("name", "transformer") != "transformer":   # LSA models have no blocks to scan
+    return "-"
+  return {True: "yes", False: "no"}.get(model.get("scan"), "-")
 
 
 HEADER = ("| preset | mesh (data, fsdp, model) | params | model.scan | setup s (data) | lower s "

@@ -66,7 +66,9 @@ def main(argv):
   }
   print(f"{ms:.2f} ms/step (median of {FLAGS.steps}), {result['examples_per_sec']:.0f} examples/s, "
         f"{result['achieved_gflops']:.1f} GFLOP/s of a {result['matmul_peak_gflops']:.1f} GFLOP/s "
-        f"float32 matmul peak: MFU {result['mfu']:.1%}")
+        f"float32 matmul peak: MFU {result['mfu']:.1%}" + (
+            " (a lower bound: XLA counts the scanned layers once)"
+            if config.model.get("scan") else ""))
   print(json.dumps(result))
 
 

@@ -97,7 +97,8 @@ def mlp_config() -> ml_collections.ConfigDict:
 def layer_fields(preset: str) -> dict:
   """model.scan and model.remat (models/transformer.py), the backbone's layout and memory:
   `scan` runs its identical blocks as one nn.scan (parameters stacked on a leading layer axis,
-  so compile time stops growing with depth); `remat` is the jax.checkpoint policy of every
+  so tracing and lowering stop growing with depth; XLA:CPU's compile barely changes and the
+  compiled step needs more memory: BENCHMARKS.md); `remat` is the jax.checkpoint policy of every
   block: none, full (keeps only each block's input) or dots (keeps the matmul outputs without
   batch dimensions). The gpu and pod presets of the deep models scan; tiny and cpu keep the
   unrolled block_0, block_1, ... that their checkpoints and analyses use."""

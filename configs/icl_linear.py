@@ -74,7 +74,7 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
     # benchmarks/demo_recipe.py: of the recipes it sweeps, the closest to least squares after
     # 3 minutes of training on 2 cores is Garg's curriculum run fast: 2 -> 5 dims and 5 -> 11
     # points, one increment every 250 steps (BENCHMARKS.md). 11,200 steps: the sweep's 11,600
-    # bare steps of 15.5 ms, less the ~3% that the trainer's evaluations and saves add.
+    # bare steps of 15.5 ms, less what the trainer's evaluations, saves and metric fetches add.
     c.num_steps = 11200
     c.optim.update(learning_rate=2e-3, warmup_steps=500)
     c.data.curriculum.update(dims_start=2, points_start=5, interval=250)

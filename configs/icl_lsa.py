@@ -21,7 +21,7 @@ from substrax.configs import icl_linear
 def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
   c = icl_linear.get_config(preset)
   c.data.update(n_dims=10, n_points=11, loss_on="last")
-  c.data.curriculum.update(dims_start=None, points_start=None)
+  c.data.curriculum.update(dims_start=None, points_start=None, interval=2000)
   c.model.update(name="lsa", dtype="float32")
   c.model.lsa.update(num_layers=1, init_scale=0.02)
   c.optim.update(learning_rate=3e-3, warmup_steps=100, end_lr_fraction=0.0, weight_decay=0.0)

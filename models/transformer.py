@@ -6,7 +6,7 @@ width - 1 under CRMSNorm, whose stream stores only the free coordinates of a zer
 (models/norms.py); heads and the MLP keep the sizes that `width` gives them.
 
 With `scan` the identical blocks run as one `nn.scan` whose parameters carry a leading layer
-axis ('blocks' instead of block_0, block_1, ...), so compile time stops growing with depth;
+axis ('blocks' instead of block_0, block_1, ...), so tracing and lowering stop growing with depth;
 `remat` names the `jax.checkpoint` policy each block is wrapped in (REMAT).
 """
 import dataclasses
