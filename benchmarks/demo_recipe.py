@@ -16,7 +16,6 @@ writes results.json.
 """
 import json
 import os
-import time
 
 import jax
 import numpy as np
@@ -59,17 +58,7 @@ def step_seconds(batch_size: int, steps: int = 200) -> float:
   config.batch_size = batch_size
   exp = trainer.setup(config)
   with exp.activate():
-    state = exp.init()
-    for _ in range(20):
-      state, m = exp.train_step(state, exp.train_data)
-    jax.block_until_ready(m)
-    times = []
-    for _ in range(steps):
-      start = time.perf_counter()
-      state, m = exp.train_step(state, exp.train_data)
-      jax.block_until_ready(m)
-      times.append(time.perf_counter() - start)
-  return float(np.median(times))
+    return float(np.median(study.step_times(exp, 20, steps)))
 
 
 def train_seconds(workdir: str) -> float:

@@ -49,6 +49,23 @@ def run(main, interrupted):
   app.run(guarded, flags_parser=parse)
 
 
+def step_times(exp, warmup: int, steps: int) -> list[float]:
+  """Seconds of each of `steps` full trainer steps (on-device sampling plus the update, one
+  dispatch, synchronised every step) from a fresh state, after `warmup` untimed ones. Call it
+  inside exp.activate()."""
+  state = exp.init()
+  for _ in range(warmup):
+    state, m = exp.train_step(state, exp.train_data)
+  jax.block_until_ready(state)
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    state, m = exp.train_step(state, exp.train_data)
+    m["loss"].block_until_ready()
+    times.append(time.perf_counter() - start)
+  return times
+
+
 def finished(eval_json: str, num_steps: int) -> bool:
   if not os.path.exists(eval_json):
     return False

@@ -17,6 +17,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+import study
 from substrax.train import trainer
 
 config_flags.DEFINE_config_file("config", "configs/icl_linear.py:cpu", "Experiment config.")
@@ -44,16 +45,7 @@ def main(argv):
   exp = trainer.setup(config)
   with exp.activate():
     flops = trainer.train_step_flops(exp)
-    state = exp.init()
-    for step in range(FLAGS.warmup):
-      state, m = exp.train_step(state, exp.train_data)
-    m["loss"].block_until_ready()
-    times = []
-    for step in range(FLAGS.warmup, FLAGS.warmup + FLAGS.steps):
-      t = time.perf_counter()
-      state, m = exp.train_step(state, exp.train_data)
-      m["loss"].block_until_ready()
-      times.append(time.perf_counter() - t)
+    times = study.step_times(exp, FLAGS.warmup, FLAGS.steps)
   peak = matmul_peak(2048 if jax.default_backend() == "cpu" else 8192)
   ms = float(np.median(times)) * 1e3
   result = {
