@@ -36,7 +36,13 @@ DEVICES = 8
 PRESETS = ("gpu", "pod")
 # Configs whose data the user supplies, and the overrides of a stand-in with the same shapes.
 CORPUS = os.path.join(tempfile.gettempdir(), "compile_presets_corpus.txt")  # lm_text needs .txt
-STAND_INS = {"lm_text": [f"--config.data.path={CORPUS}"]}
+# LRA Text and Image read TFDS datasets that need a network once: random records in their schema.
+TFDS_DIR = os.path.join(tempfile.gettempdir(), "compile_presets_tfds")
+STAND_INS = {"lm_text": [f"--config.data.path={CORPUS}"],
+             "lra_text": [f"--config.data.data_dir={TFDS_DIR}"],
+             "lra_image": [f"--config.data.data_dir={TFDS_DIR}"]}
+STAND_IN_LABELS = {"lm_text": "README as corpus", "lra_text": "random stand-in data",
+                   "lra_image": "random stand-in data"}
 
 flags.DEFINE_list("only", [], "CONFIG:PRESET entries to run instead of all, e.g. "
                   "icl_linear:gpu,lra_text:pod.")
@@ -131,7 +137,7 @@ HEADER = ("| preset | mesh (data, fsdp, model) | params | model.scan | setup s (
 
 def table_row(row: dict) -> str:
   label = f"{row['config']}:{row['preset']}"
-  label += " (README as corpus)" if row["config"] in STAND_INS else ""
+  label += f" ({STAND_IN_LABELS[row['config']]})" if row["config"] in STAND_INS else ""
   if not row["ok"]:
     # its first clause: TFDS's message goes on to say how to prepare the data (in the JSON)
     return f"| {label} | failed: {row['reason'].split('; ')[0]} |" + " |" * 11
@@ -167,11 +173,26 @@ def compare_scan(entry: str):
         f"{median[False]['compile_s'] / median[True]['compile_s']:.2f}x")
 
 
+def write_tfds_stand_ins():
+  """Random cifar10 and imdb_reviews as prepared TFDS datasets: the presets' shapes (reviews
+  of 4,096 bytes cover every max_length) with little data, but a batch of 256 in train[:90%]."""
+  if os.path.isdir(TFDS_DIR):
+    return
+  from substrax.data import tfds
+  tmp = tempfile.mkdtemp(dir=os.path.dirname(TFDS_DIR))
+  for name in tfds.NAMES:
+    tfds.write_prepared(name, tmp, {
+        "train": tfds.random_records(name, 1000, 0, text_bytes=4096),
+        "test": tfds.random_records(name, 100, 1, text_bytes=4096)})
+  os.rename(tmp, TFDS_DIR)   # whole or absent: an interrupted write is never reused
+
+
 def main(argv):
   if len(argv) > 1:
     study.stop(f"unexpected arguments {' '.join(argv[1:])}", 2)
   with open(os.path.join(REPO, "README.md"), "rb") as src, open(CORPUS, "wb") as dst:
     dst.write(src.read())
+  write_tfds_stand_ins()
   try:
     if FLAGS.scan_compare:
       return compare_scan(FLAGS.scan_compare)

@@ -9,9 +9,10 @@ plain numpy arrays:
   Text:  IMDB reviews as UTF-8 bytes, token = byte + 1 so that 0 is padding, 2 classes.
 """
 import contextlib
+import inspect
 import itertools
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -169,3 +170,56 @@ def load(name: str, split: str, data_dir: str | None = None, *,
     if name == "cifar10":
       return cifar10_grey(records)
     return imdb_bytes(records, max_length)
+
+
+def write_prepared(name: str, data_dir: str, splits: Mapping[str, Sequence[Mapping]]) -> None:
+  """Writes `splits` ({split: records in `load`'s input schema}) into data_dir as the prepared
+  TFDS dataset `name`, in ArrayRecord format, offline and without TensorFlow.
+
+  The registered builder writes them with only its example generator replaced, so names,
+  versions and features on disk are the real dataset's: what a dry run or a compile check of
+  an LRA Image or Text config needs when the real data cannot be fetched.
+  """
+  if name not in NAMES:
+    raise ValueError(f"unknown dataset {name!r}; expected one of {NAMES}")
+  try:
+    import tensorflow_datasets as tfds
+    from etils import epath
+    from PIL import Image
+  except ImportError as e:
+    raise ImportError("writing TFDS datasets needs tensorflow-datasets, array_record and "
+                      "pillow: pip install 'substrax[tfds]'") from e
+  registered, dataset = tfds.builder_cls(name), name
+
+  def example(split: str, i: int, record: Mapping) -> dict:
+    if name == "imdb_reviews":
+      return dict(record)
+    # TFDS encodes a numpy image with TensorFlow, a PIL image with PIL.
+    return dict(record, id=f"{split}_{i}", image=Image.fromarray(np.asarray(record["image"])))
+
+  class Records(registered, skip_registration=True):
+    # TFDS reads checksums, README and citations beside the real builder's code.
+    name, code_path = dataset, epath.Path(inspect.getfile(registered))
+
+    def _split_generators(self, dl_manager):
+      return {split: self._generate_examples(split) for split in splits}
+
+    def _generate_examples(self, split):
+      for i, record in enumerate(splits[split]):
+        yield i, example(split, i, record)
+
+  tfds.disable_progress_bar()
+  Records(data_dir=data_dir, file_format="array_record").download_and_prepare()
+
+
+def random_records(name: str, n: int, seed: int = 0, *, text_bytes: int = 1000) -> list[dict]:
+  """n records of random content in `name`'s schema: uniform pixels or printable bytes
+  (text_bytes per review) and labels cycling through the classes."""
+  rng = np.random.default_rng(seed)
+  if name == "cifar10":
+    return [{"image": rng.integers(0, 256, (32, 32, 3), np.uint8), "label": i % IMAGE_CLASSES}
+            for i in range(n)]
+  if name == "imdb_reviews":
+    return [{"text": rng.integers(32, 127, text_bytes, np.uint8).tobytes(),
+             "label": i % TEXT_CLASSES} for i in range(n)]
+  raise ValueError(f"unknown dataset {name!r}; expected one of {NAMES}")

@@ -107,42 +107,15 @@ def cifar_records(n, seed=0):
 
 @pytest.fixture(scope="session")
 def tfds_dir(tmp_path_factory):
-  """Prepares tiny cifar10 and imdb_reviews in ArrayRecord format, without TF or network.
-
-  The builders are the registered ones with only the example generators replaced, so the
-  names, versions, configs and features on disk are the real datasets'.
-  """
-  tfds = pytest.importorskip("tensorflow_datasets")
-  pil = pytest.importorskip("PIL.Image")
-  cifar_cls, imdb_cls = tfds.builder_cls("cifar10"), tfds.builder_cls("imdb_reviews")
-
-  class FakeCifar10(cifar_cls, skip_registration=True):
-    name = "cifar10"
-
-    def _split_generators(self, dl_manager):
-      return {"train": self._generate_examples("train", 20, 0),
-              "test": self._generate_examples("test", 5, 1)}
-
-    def _generate_examples(self, split, n, seed):
-      for i, r in enumerate(cifar_records(n, seed)):
-        # TFDS encodes numpy images with TF; a PIL image is encoded with PIL instead.
-        yield i, dict(r, id=f"{split}_{i}", image=pil.fromarray(r["image"]))
-
-  class FakeImdbReviews(imdb_cls, skip_registration=True):
-    name = "imdb_reviews"
-    pkg_dir_path = imdb_cls._get_pkg_dir_path()   # its README and citations
-
-    def _split_generators(self, dl_manager):
-      return {"train": self._generate_examples(18), "test": self._generate_examples(8)}
-
-    def _generate_examples(self, n):
-      for i in range(n):
-        yield i, {"text": "h\u00e9 " * (i % 3 + 1), "label": i % 2}
-
-  path = tmp_path_factory.mktemp("tfds")
-  for cls in (FakeCifar10, FakeImdbReviews):
-    cls(data_dir=str(path), file_format="array_record").download_and_prepare()
-  return str(path)
+  """Prepares tiny cifar10 and imdb_reviews in ArrayRecord format, without TF or network."""
+  pytest.importorskip("tensorflow_datasets")
+  pytest.importorskip("PIL.Image")
+  from substrax.data import tfds
+  path = str(tmp_path_factory.mktemp("tfds"))
+  tfds.write_prepared("cifar10", path, {"train": cifar_records(20, 0), "test": cifar_records(5, 1)})
+  imdb = lambda n: [{"text": "h\u00e9 " * (i % 3 + 1), "label": i % 2} for i in range(n)]
+  tfds.write_prepared("imdb_reviews", path, {"train": imdb(18), "test": imdb(8)})
+  return path
 
 
 def moving_mnist_records(n, seed=0):

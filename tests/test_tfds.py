@@ -87,6 +87,22 @@ def test_load_imdb_through_data_source(tfds_dir):
   assert sorted(out["labels"]) == [0] * 9 + [1] * 9
 
 
+def test_random_stand_ins_load_as_the_real_schema(tmp_path):
+  # What compile_presets.py compiles the LRA Text and Image presets on, offline.
+  for name in lra.NAMES:
+    lra.write_prepared(name, str(tmp_path), {
+        "train": lra.random_records(name, 12, 0, text_bytes=9),
+        "test": lra.random_records(name, 3, 1, text_bytes=9)})
+  text = lra.load("imdb_reviews", "train", str(tmp_path), max_length=16)
+  assert text["tokens"].shape == (12, 16) and set(text["lengths"]) == {9}
+  assert text["tokens"][:, :9].min() >= 33 and not text["tokens"][:, 9:].any()
+  image = lra.load("cifar10", "test", str(tmp_path))
+  assert image["tokens"].shape == (3, 1024) and image["tokens"].std() > 30
+  assert sorted(image["labels"]) == [0, 1, 2]
+  with pytest.raises(ValueError, match="unknown dataset"):
+    lra.random_records("mnist", 1)
+
+
 def test_load_missing_dataset_is_one_clear_error(tfds_dir, tmp_path):
   with pytest.raises(DataError) as err:
     lra.load("imdb_reviews", "test", str(tmp_path), max_length=10)
