@@ -4,6 +4,7 @@ seconds, XLA's compiled memory per device, FLOPs per step.
   python benchmarks/compile_presets.py                          # every config, gpu and pod
   python benchmarks/compile_presets.py --only=icl_linear:gpu,lra_text:pod
   python benchmarks/compile_presets.py --scan_compare=icl_linear:gpu   # nn.scan vs unrolled
+  python benchmarks/compile_presets.py --scan_compare=icl_linear:gpu --depths=1,3,12,24,48
 
 Each preset is `substrax-inspect --json` in a process of its own, with XLA_FLAGS set in its
 environment before jax starts and a timeout, so a crash or a hang stays in its row and its
@@ -49,6 +50,8 @@ flags.DEFINE_list("only", [], "CONFIG:PRESET entries to run instead of all, e.g.
 flags.DEFINE_string("scan_compare", None, "CONFIG:PRESET: compile with model.scan=True and "
                     "=False, interleaved, and compare the median compile seconds.")
 flags.DEFINE_integer("repeats", 3, "--scan_compare: compiles of each variant.")
+flags.DEFINE_list("depths", [], "--scan_compare: model depths to compare at (default: the "
+                  "preset's), e.g. 1,12,48: where scanning starts to pay on XLA:CPU.")
 flags.DEFINE_integer("timeout_s", 1800, "Per preset, data generation included.")
 flags.DEFINE_string("out", "runs/compile_presets", "Where results.json and results.md go.")
 FLAGS = flags.FLAGS
@@ -150,27 +153,43 @@ def table_row(row: dict) -> str:
           f"{temp} | {total} | {row['flops_per_step'] / 1e9:,.1f} |")
 
 
-def compare_scan(entry: str):
+def compare_scan(entry: str, depth: str | None = None) -> dict:
+  """Median lower and compile seconds of the preset scanned and unrolled, compiled alternately
+  so that a change in the host's load hits both."""
   name, preset = parse_entry(entry)
+  label = entry + (f" depth {depth}" if depth else "")
   runs = {True: [], False: []}
   for rep in range(FLAGS.repeats):
-    for scan in (True, False):   # interleaved, so a change in the host's load hits both
-      row = inspect(name, preset, [f"--config.model.scan={scan}"])
+    for scan in (True, False):
+      overrides = [f"--config.model.scan={scan}"] + ([f"--config.model.depth={depth}"] if depth else [])
+      row = inspect(name, preset, overrides)
       if not row["ok"]:
-        study.stop(f"{entry} --config.model.scan={scan}: {row['reason']}", 1)
+        study.stop(f"{entry} {' '.join(overrides)}: {row['reason']}", 1)
       runs[scan].append(row)
       mem = row["memory_per_device"]
-      print(f"{entry} scan={scan!s:<5} run {rep + 1}: lower {row['lower_s']:.2f} s, compile "
+      print(f"{label} scan={scan!s:<5} run {rep + 1}: lower {row['lower_s']:.2f} s, compile "
             f"{row['compile_s']:.2f} s, memory/device "
             f"{mib(mem['total']) + ' MiB' if mem else 'unavailable'}, XLA GFLOP/step/device "
             f"{row['flops_per_step'] / 1e9:.2f}", flush=True)
   median = {scan: {k: statistics.median(r[k] for r in rows) for k in ("lower_s", "compile_s")}
             for scan, rows in runs.items()}
-  print(f"{entry}, medians of {FLAGS.repeats} ({DEVICES} fake CPU devices): scan lower "
+  print(f"{label}, medians of {FLAGS.repeats} ({DEVICES} fake CPU devices): scan lower "
         f"{median[True]['lower_s']:.2f} s, compile {median[True]['compile_s']:.2f} s; unrolled "
         f"lower {median[False]['lower_s']:.2f} s, compile {median[False]['compile_s']:.2f} s; "
         f"compile unrolled / scan = "
-        f"{median[False]['compile_s'] / median[True]['compile_s']:.2f}x")
+        f"{median[False]['compile_s'] / median[True]['compile_s']:.2f}x", flush=True)
+  return median
+
+
+def compare_depths(entry: str, depths: list[str]):
+  """compare_scan at each depth, then one table: how compile time grows with depth."""
+  medians = {d: compare_scan(entry, d) for d in depths}
+  print("\n| depth | scan lower s | scan compile s | unrolled lower s | unrolled compile s "
+        "| unrolled / scan |\n|---|---|---|---|---|---|")
+  for d, m in medians.items():
+    print(f"| {d} | {m[True]['lower_s']:.2f} | {m[True]['compile_s']:.2f} | "
+          f"{m[False]['lower_s']:.2f} | {m[False]['compile_s']:.2f} | "
+          f"{m[False]['compile_s'] / m[True]['compile_s']:.2f}x |")
 
 
 def write_tfds_stand_ins():
@@ -195,7 +214,10 @@ def main(argv):
   write_tfds_stand_ins()
   try:
     if FLAGS.scan_compare:
-      return compare_scan(FLAGS.scan_compare)
+      if FLAGS.depths:
+        return compare_depths(FLAGS.scan_compare, FLAGS.depths)
+      compare_scan(FLAGS.scan_compare)
+      return None
     entries = ([parse_entry(e) for e in FLAGS.only] if FLAGS.only else
                [(name, preset) for name in config_names() for preset in PRESETS])
   except ValueError as e:
