@@ -29,8 +29,11 @@ norm='rmsnorm' with zero_mean=True (which centres the table; centring the alread
 writers again changes nothing), and to_crms does not apply at all, since a crmsnorm backbone
 draws a different, (d - 1)-wide table.
 """
+import functools
+
 import flax
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from substrax.models.norms import centre
@@ -43,6 +46,26 @@ _BLOCK_READERS = (("norm_attn", ("attn",), "qkv_kernel", "qkv_bias"),
 def _copy(params):
   """A plain nested-dict copy, with every box (nn.LogicallyPartitioned) unboxed."""
   return flax.core.unfreeze(nn.meta.unbox(params))
+
+
+def _per_layer(convert):
+  """Lets `convert` read layers by name in a scanned model too: the stacked 'blocks' tree
+  (model.scan, leaves [depth, ...]) is split into block_0, block_1, ... and stacked back."""
+  @functools.wraps(convert)
+  def wrapped(params):
+    params = _copy(params)
+    backbone = params["backbone"]
+    if "blocks" not in backbone:
+      return convert(params)
+    stacked = backbone.pop("blocks")
+    depth = jax.tree.leaves(stacked)[0].shape[0]
+    backbone.update({f"block_{i}": jax.tree.map(lambda x, i=i: x[i], stacked)
+                     for i in range(depth)})
+    params = convert(params)
+    layers = [params["backbone"].pop(f"block_{i}") for i in range(depth)]
+    params["backbone"]["blocks"] = jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
+    return params
+  return wrapped
 
 
 def _blocks(params):
@@ -81,6 +104,7 @@ def _writers(params):
     yield block["mlp"]["proj"], "bias"
 
 
+@_per_layer
 def fold_affine(params):
   """Each norm's (scale g, bias b) folded into its reader; the norms become scale 1, bias 0.
 
@@ -96,6 +120,7 @@ def fold_affine(params):
   return params
 
 
+@_per_layer
 def centre_writers(params):
   """Every stream writer replaced by its zero-mean projection over the stream axis, so that
   every residual-stream vector is zero-mean. This leaves a Pre-LN model's logits unchanged
@@ -106,12 +131,14 @@ def centre_writers(params):
   return params
 
 
+@_per_layer
 def to_rms(params):
   """Pre-LN params -> params of the same LanguageModel with norm='rmsnorm' and the same logits
   (zero_mean=False suffices: the stored writers are centred). Norms end at scale 1, bias 0."""
   return centre_writers(fold_affine(params))
 
 
+@_per_layer
 def to_crms(params):
   """Pre-LN (or to_rms) params -> params of the LanguageModel with norm='crmsnorm', residual
   width d - 1, and the same logits.

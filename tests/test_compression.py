@@ -190,3 +190,33 @@ def test_weight_error_aggregates_over_compressed_matrices():
   assert C.weight_error(params, svd)["aggregate"] == pytest.approx(np.sqrt(num / den), rel=1e-5)
   assert out["block"]["bias"].dtype == np.float32 and out["block"]["qkv_kernel"].shape == (
       24, 3, 2, 8)
+
+
+def test_scanned_layers_compress_one_layer_at_a_time(tmp_path):
+  # model.scan stacks the layers ([depth, ...] leaves under 'blocks'): each layer is its own
+  # matrix, exactly as the unrolled model's block_<i>, and the stack comes back whole.
+  rng = np.random.default_rng(0)
+  layers = [{"attn": {"qkv_kernel": rng.normal(size=(16, 3, 2, 8)).astype(np.float32)},
+             "norm": {"scale": rng.normal(size=16).astype(np.float32)}} for _ in range(3)]
+  embed = rng.normal(size=(10, 16)).astype(np.float32)
+  unrolled = {"embed": embed, "backbone": {f"block_{i}": l for i, l in enumerate(layers)}}
+  stacked = {"embed": embed, "backbone": {"blocks": {
+      "attn": {"qkv_kernel": np.stack([l["attn"]["qkv_kernel"] for l in layers])},
+      "norm": {"scale": np.stack([l["norm"]["scale"] for l in layers])}}}}
+  for make in (lambda p: C.factorize_tree(p, "svd", 0.5), lambda p: C.quantize_tree(p, 4, 32)):
+    flat, per_layer = make(stacked), make(unrolled)
+    assert sorted(flat) == ["backbone/blocks/0/attn/qkv_kernel", "backbone/blocks/0/norm/scale",
+                            "backbone/blocks/1/attn/qkv_kernel", "backbone/blocks/1/norm/scale",
+                            "backbone/blocks/2/attn/qkv_kernel", "backbone/blocks/2/norm/scale",
+                            "embed"]
+    for i in range(3):
+      np.testing.assert_array_equal(
+          C.reconstruct(flat[f"backbone/blocks/{i}/attn/qkv_kernel"]),
+          C.reconstruct(per_layer[f"backbone/block_{i}/attn/qkv_kernel"]))
+    C.save(flat, str(tmp_path / "c.npz"))
+    back = C.decompress(C.load(str(tmp_path / "c.npz")))
+    assert back["backbone"]["blocks"]["attn"]["qkv_kernel"].shape == (3, 16, 3, 2, 8)
+    np.testing.assert_array_equal(back["backbone"]["blocks"]["norm"]["scale"],
+                                  stacked["backbone"]["blocks"]["norm"]["scale"])
+    np.testing.assert_array_equal(back["backbone"]["blocks"]["attn"]["qkv_kernel"][2],
+                                  C.reconstruct(per_layer["backbone/block_2/attn/qkv_kernel"]))

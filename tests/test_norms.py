@@ -28,10 +28,10 @@ LOGIT_TOL, LOSS_TOL = 1e-10, 1e-8
 pytestmark = pytest.mark.usefixtures("float64")   # conftest: x64 for this module
 
 
-def _model(norm, zero_mean=False, positions="learned"):
+def _model(norm, zero_mean=False, positions="learned", scan=False):
   return LanguageModel(VOCAB, WIDTH, DEPTH, MAX_LEN,
                        BlockConfig(HEADS, norm=norm, positions=positions, zero_mean=zero_mean,
-                                   dtype=jnp.float64))
+                                   dtype=jnp.float64, scan=scan))
 
 
 def _logits(model, params, tokens):
@@ -96,6 +96,25 @@ def test_conversions_keep_the_logits():
   folded = _forward(_model("rmsnorm"), norm_conversion.fold_affine(params), tokens)
   assert float(jnp.abs(centred - ln).max()) <= LOGIT_TOL
   assert float(jnp.abs(folded - ln).max()) > 1e-2
+
+
+def test_conversions_of_a_scanned_model():
+  # model.scan stacks the layers in one 'blocks' tree: the same parameters, stacked, convert
+  # to the stacked conversions and keep the logits.
+  params, tokens = _init(), _tokens(2, BATCH, LENGTH)
+  stack = lambda p: {**p, "backbone": {
+      **{k: v for k, v in p["backbone"].items() if not k.startswith("block_")},
+      "blocks": jax.tree.map(lambda *xs: jnp.stack(xs),
+                             *(p["backbone"][f"block_{i}"] for i in range(DEPTH)))}}
+  ln = _forward(_model("layernorm"), params, tokens)
+  assert float(jnp.abs(_forward(_model("layernorm", scan=True), stack(params), tokens)
+                       - ln).max()) <= LOGIT_TOL
+  for norm, convert in (("rmsnorm", norm_conversion.to_rms),
+                        ("crmsnorm", norm_conversion.to_crms)):
+    converted = convert(stack(params))
+    jax.tree.map(np.testing.assert_array_equal, converted, stack(convert(params)))
+    got = _forward(_model(norm, scan=True), converted, tokens)
+    assert float(jnp.abs(got - ln).max()) <= LOGIT_TOL, norm
 
 
 def test_crms_params_have_the_residual_width_minus_one():
