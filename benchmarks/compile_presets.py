@@ -30,9 +30,9 @@ import jax
 from absl import flags
 
 import study
+from substrax import configs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = os.path.join(REPO, "configs")
 DEVICES = 8
 PRESETS = ("gpu", "pod")
 # Configs whose data the user supplies, and the overrides of a stand-in with the same shapes.
@@ -57,14 +57,9 @@ flags.DEFINE_string("out", "runs/compile_presets", "Where results.json and resul
 FLAGS = flags.FLAGS
 
 
-def config_names() -> list[str]:
-  return sorted(f[:-3] for f in os.listdir(CONFIGS)
-                if f.endswith(".py") and f not in ("__init__.py", "common.py"))
-
-
 def parse_entry(entry: str) -> tuple[str, str]:
   name, _, preset = entry.partition(":")
-  if name not in config_names():
+  if name not in configs.names():
     raise ValueError(f"no config {name!r} in configs/ (from {entry!r})")
   if preset not in ("tiny", "cpu", *PRESETS):
     raise ValueError(f"{entry!r}: give CONFIG:PRESET with a preset of tiny, cpu, gpu, pod")
@@ -86,7 +81,7 @@ def inspect(name: str, preset: str, overrides=()) -> dict:
   out) or the one-line reason it failed."""
   binary = os.path.join(os.path.dirname(sys.executable), "substrax-inspect")
   overrides = [*STAND_INS.get(name, []), *overrides]
-  args = [binary, f"--config={os.path.join(CONFIGS, name)}.py:{preset}", "--json", *overrides]
+  args = [binary, f"--config={os.path.join(configs.DIR, name)}.py:{preset}", "--json", *overrides]
   row = {"config": name, "preset": preset, "overrides": overrides, "jax": jax.__version__,
          "time": time.strftime("%Y-%m-%d %H:%M")}
   start = time.perf_counter()
@@ -219,7 +214,7 @@ def main(argv):
       compare_scan(FLAGS.scan_compare)
       return None
     entries = ([parse_entry(e) for e in FLAGS.only] if FLAGS.only else
-               [(name, preset) for name in config_names() for preset in PRESETS])
+               [(name, preset) for name in configs.names() for preset in PRESETS])
   except ValueError as e:
     study.stop(str(e), 2)
   rows = []

@@ -20,6 +20,8 @@ import traceback
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from substrax import configs
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config: a file or an installed "
                                 "config's name, then :preset.", lock_config=True)
@@ -31,14 +33,8 @@ flags.DEFINE_list("granularity", None, "substrax-extract: one MatFormer factor p
 flags.DEFINE_string("out", None, "substrax-extract: the new run directory.")
 
 PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = os.path.join(PACKAGE, "configs")
 # substrax's own code, installed or in a checkout (whose .venv may lie inside PACKAGE).
 OWN_CODE = tuple(os.path.join(PACKAGE, d) + os.sep for d in ("train", "models", "data", "configs"))
-
-
-def named_configs() -> list[str]:
-  return sorted(f[:-3] for f in os.listdir(CONFIGS)
-                if f.endswith(".py") and f not in ("__init__.py", "common.py"))
 
 
 def resolve_config(value: str) -> str:
@@ -46,13 +42,13 @@ def resolve_config(value: str) -> str:
   path, sep, preset = value.partition(":")
   if not path:
     raise ValueError("--config: is empty; give a config file or one of "
-                     f"{', '.join(named_configs())}, e.g. --config=icl_linear:cpu")
+                     f"{', '.join(configs.names())}, e.g. --config=icl_linear:cpu")
   if os.path.isfile(path):
     return value
-  if path in named_configs():
-    return os.path.join(CONFIGS, path + ".py") + sep + preset
+  if path in configs.names():
+    return os.path.join(configs.DIR, path + ".py") + sep + preset
   raise ValueError(f"--config: no file {path!r}, and no installed config of that name; "
-                   f"installed: {', '.join(named_configs())}")
+                   f"installed: {', '.join(configs.names())}")
 
 
 def _config_value(argv) -> tuple[int, str] | None:
