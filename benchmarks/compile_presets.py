@@ -19,6 +19,7 @@ Exits 1 if a preset failed, after the table.
 import importlib
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -187,18 +188,31 @@ def compare_depths(entry: str, depths: list[str]):
           f"{m[False]['compile_s'] / m[True]['compile_s']:.2f}x |")
 
 
-def write_tfds_stand_ins():
-  """Random cifar10 and imdb_reviews as prepared TFDS datasets: the presets' shapes (reviews
-  of 4,096 bytes cover every max_length) with little data, but a batch of 256 in train[:90%]."""
-  if os.path.isdir(TFDS_DIR):
+def write_tfds_stand_ins(entries) -> None:
+  """Random cifar10 and imdb_reviews as prepared TFDS datasets in TFDS_DIR, when an entry needs
+  them: the presets' shapes (reviews of 4,096 bytes cover every max_length) with little data,
+  but a batch of 256 in train[:90%]."""
+  if not any(name in ("lra_text", "lra_image") for name, _ in entries) or os.path.isdir(TFDS_DIR):
     return
-  from substrax.data import tfds
+  try:
+    import tensorflow_datasets
+    from substrax.data import tfds
+  except ImportError as e:
+    study.stop(f"the LRA Text and Image stand-ins need tensorflow-datasets ({e}); pip install "
+               "'substrax[tfds]', or leave lra_text and lra_image out with --only", 2)
+  tensorflow_datasets.disable_progress_bar()
   tmp = tempfile.mkdtemp(dir=os.path.dirname(TFDS_DIR))
-  for name in tfds.NAMES:
-    tfds.write_prepared(name, tmp, {
-        "train": tfds.random_records(name, 1000, 0, text_bytes=4096),
-        "test": tfds.random_records(name, 100, 1, text_bytes=4096)})
-  os.rename(tmp, TFDS_DIR)   # whole or absent: an interrupted write is never reused
+  try:
+    for name in tfds.NAMES:
+      tfds.write_prepared(name, tmp, {
+          "train": tfds.random_records(name, 1000, 0, text_bytes=4096),
+          "test": tfds.random_records(name, 100, 1, text_bytes=4096)})
+    os.rename(tmp, TFDS_DIR)   # whole or absent: an interrupted write is never reused
+  except OSError:
+    if not os.path.isdir(TFDS_DIR):   # not a concurrent run that renamed its copy first
+      raise
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main(argv):
@@ -206,17 +220,24 @@ def main(argv):
     study.stop(f"unexpected arguments {' '.join(argv[1:])}", 2)
   with open(os.path.join(REPO, "README.md"), "rb") as src, open(CORPUS, "wb") as dst:
     dst.write(src.read())
-  write_tfds_stand_ins()
+  if FLAGS.depths and not FLAGS.scan_compare:
+    study.stop("--depths: only --scan_compare reads it", 2)
+  if not all(d.isdigit() and int(d) > 0 for d in FLAGS.depths):
+    study.stop(f"--depths: give positive integers, got {','.join(FLAGS.depths)}", 2)
   try:
     if FLAGS.scan_compare:
-      if FLAGS.depths:
-        return compare_depths(FLAGS.scan_compare, FLAGS.depths)
-      compare_scan(FLAGS.scan_compare)
-      return None
-    entries = ([parse_entry(e) for e in FLAGS.only] if FLAGS.only else
-               [(name, preset) for name in configs.names() for preset in PRESETS])
+      entries = [parse_entry(FLAGS.scan_compare)]
+    else:
+      entries = ([parse_entry(e) for e in FLAGS.only] if FLAGS.only else
+                 [(name, preset) for name in configs.names() for preset in PRESETS])
   except ValueError as e:
     study.stop(str(e), 2)
+  write_tfds_stand_ins(entries)
+  if FLAGS.scan_compare:
+    if FLAGS.depths:
+      return compare_depths(FLAGS.scan_compare, FLAGS.depths)
+    compare_scan(FLAGS.scan_compare)
+    return None
   rows = []
   print(HEADER + "\n" + "|---" * HEADER.count(" | ") + "|---|", flush=True)
   for name, preset in entries:

@@ -208,8 +208,11 @@ def write_prepared(name: str, data_dir: str, splits: Mapping[str, Sequence[Mappi
       for i, record in enumerate(splits[split]):
         yield i, example(split, i, record)
 
-  tfds.disable_progress_bar()
-  Records(data_dir=data_dir, file_format="array_record").download_and_prepare()
+  builder = Records(data_dir=data_dir, file_format="array_record")
+  if builder.is_prepared():   # TFDS would keep the old records and ignore `splits`
+    raise ValueError(f"TFDS dataset {name!r} is already prepared in {data_dir}; write to an "
+                     "empty data_dir")
+  builder.download_and_prepare()
 
 
 def random_records(name: str, n: int, seed: int = 0, *, text_bytes: int = 1000) -> list[dict]:

@@ -29,13 +29,14 @@ r and k are the largest that fit the budget. A matrix where no r >= 1 or k >= 4 
 float32 and counts as such. `save` writes one .npz (no zip compression) holding exactly these
 arrays plus a small JSON index, and returns its size from the file system.
 """
-import collections
 import json
 import os
-import re
 
 import flax
+import jax
 import numpy as np
+
+from substrax.models import transformer
 
 BITS = (4, 8, 16)
 META = "__meta__"   # the .npz member holding the JSON index (kind, shape, bits per param)
@@ -215,20 +216,25 @@ def ds_factor(w, k: int, iters: int = 30):
 # model.scan stacks a backbone's layers in one tree, leaves [depth, ...]: each layer's slice is
 # compressed as its own matrix, at path ".../blocks/<i>/...", as an unrolled model's would be.
 STACKS = ("blocks", "temporal_blocks")
-_LAYER = re.compile(rf"^(.*?(?:^|/)(?:{'|'.join(STACKS)}))/(\d+)/(.*)$")
+
+
+def _per_layer(tree, split: bool):
+  """Every STACKS subtree of `tree` as {"0": layer 0, "1": ...} (split) or back (not split)."""
+  if not isinstance(tree, dict):
+    return tree
+  out = {}
+  for name, sub in tree.items():
+    if name in STACKS and split:
+      sub = {str(i): layer for i, layer in enumerate(transformer.unstack_layers(sub))}
+    elif name in STACKS:
+      sub = transformer.stack_layers([sub[str(i)] for i in range(len(sub))])
+    out[name] = _per_layer(sub, split) if name not in STACKS else sub
+  return out
 
 
 def _flat(params) -> dict:
-  flat = {}
-  for path, w in flax.traverse_util.flatten_dict(params, sep="/").items():
-    names = path.split("/")
-    stack = next((i for i, name in enumerate(names[:-1]) if name in STACKS), None)
-    if stack is None:
-      flat[path] = np.asarray(w)
-      continue
-    head, tail = "/".join(names[:stack + 1]), "/".join(names[stack + 1:])
-    flat.update({f"{head}/{i}/{tail}": layer for i, layer in enumerate(np.asarray(w))})
-  return flat
+  return {k: np.asarray(v) for k, v in flax.traverse_util.flatten_dict(
+      _per_layer(flax.core.unfreeze(params), split=True), sep="/").items()}
 
 
 def is_matrix(path: str, w) -> bool:
@@ -298,15 +304,9 @@ def reconstruct(record) -> np.ndarray:
 
 def decompress(compressed: dict) -> dict:
   """Nested float32 params, the tree the model was trained with (scanned layers restacked)."""
-  flat, layers = {}, collections.defaultdict(dict)
-  for path, rec in compressed.items():
-    match = _LAYER.match(path)
-    if match:
-      layers[f"{match[1]}/{match[3]}"][int(match[2])] = reconstruct(rec)
-    else:
-      flat[path] = reconstruct(rec)
-  flat.update({path: np.stack([per[i] for i in range(len(per))]) for path, per in layers.items()})
-  return flax.traverse_util.unflatten_dict(flat, sep="/")
+  tree = flax.traverse_util.unflatten_dict(
+      {path: reconstruct(rec) for path, rec in compressed.items()}, sep="/")
+  return jax.tree.map(np.asarray, _per_layer(tree, split=False))
 
 
 def record_bytes(record) -> int:

@@ -33,9 +33,9 @@ import functools
 
 import flax
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
+from substrax.models import transformer
 from substrax.models.norms import centre
 
 # (norm, path of the reader in the block, its kernel and bias names)
@@ -57,13 +57,11 @@ def _per_layer(convert):
     backbone = params["backbone"]
     if "blocks" not in backbone:
       return convert(params)
-    stacked = backbone.pop("blocks")
-    depth = jax.tree.leaves(stacked)[0].shape[0]
-    backbone.update({f"block_{i}": jax.tree.map(lambda x, i=i: x[i], stacked)
-                     for i in range(depth)})
+    layers = transformer.unstack_layers(backbone.pop("blocks"))
+    backbone.update({f"block_{i}": layer for i, layer in enumerate(layers)})
     params = convert(params)
-    layers = [params["backbone"].pop(f"block_{i}") for i in range(depth)]
-    params["backbone"]["blocks"] = jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
+    params["backbone"]["blocks"] = transformer.stack_layers(
+        [params["backbone"].pop(f"block_{i}") for i in range(len(layers))])
     return params
   return wrapped
 

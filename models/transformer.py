@@ -219,6 +219,18 @@ def scanned(module, depth: int, broadcasts: int):
                  metadata_params={nn.PARTITION_NAME: LAYERS})
 
 
+def unstack_layers(stacked) -> list:
+  """A scanned backbone's 'blocks' tree (leaves [depth, ...]) as one tree per layer: what the
+  unrolled backbone holds as block_0, block_1, ..."""
+  depth = jax.tree.leaves(stacked)[0].shape[0]
+  return [jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(depth)]
+
+
+def stack_layers(layers):
+  """Per-layer trees stacked into the scanned 'blocks' tree: unstack_layers' inverse."""
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
+
+
 class Transformer(nn.Module):
   width: int
   depth: int

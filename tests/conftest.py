@@ -97,14 +97,6 @@ def workdir(tmp_path):
   return str(tmp_path / "run")
 
 
-def cifar_records(n, seed=0):
-  """CIFAR-10 records in TFDS's schema, with random pixels."""
-  import numpy as np
-  rng = np.random.default_rng(seed)
-  return [{"id": f"train_{i}".encode(), "image": rng.integers(0, 256, (32, 32, 3), np.uint8),
-           "label": i % 10} for i in range(n)]
-
-
 @pytest.fixture(scope="session")
 def tfds_dir(tmp_path_factory):
   """Prepares tiny cifar10 and imdb_reviews in ArrayRecord format, without TF or network."""
@@ -112,7 +104,8 @@ def tfds_dir(tmp_path_factory):
   pytest.importorskip("PIL.Image")
   from substrax.data import tfds
   path = str(tmp_path_factory.mktemp("tfds"))
-  tfds.write_prepared("cifar10", path, {"train": cifar_records(20, 0), "test": cifar_records(5, 1)})
+  tfds.write_prepared("cifar10", path, {"train": tfds.random_records("cifar10", 20, 0),
+                                        "test": tfds.random_records("cifar10", 5, 1)})
   imdb = lambda n: [{"text": "h\u00e9 " * (i % 3 + 1), "label": i % 2} for i in range(n)]
   tfds.write_prepared("imdb_reviews", path, {"train": imdb(18), "test": imdb(8)})
   return path

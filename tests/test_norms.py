@@ -20,6 +20,8 @@ from substrax.models import norm_conversion
 from substrax.models.lm import LanguageModel
 from substrax.models.transformer import BlockConfig, residual_width
 
+import test_scan
+
 VOCAB, WIDTH, DEPTH, HEADS, MAX_LEN = 32, 32, 2, 4, 32
 BATCH, LENGTH, STEPS = 8, 32, 200
 LOGIT_TOL, LOSS_TOL = 1e-10, 1e-8
@@ -102,10 +104,7 @@ def test_conversions_of_a_scanned_model():
   # model.scan stacks the layers in one 'blocks' tree: the same parameters, stacked, convert
   # to the stacked conversions and keep the logits.
   params, tokens = _init(), _tokens(2, BATCH, LENGTH)
-  stack = lambda p: {**p, "backbone": {
-      **{k: v for k, v in p["backbone"].items() if not k.startswith("block_")},
-      "blocks": jax.tree.map(lambda *xs: jnp.stack(xs),
-                             *(p["backbone"][f"block_{i}"] for i in range(DEPTH)))}}
+  stack = lambda p: {**p, "backbone": test_scan.stack(p["backbone"], depth=DEPTH)}
   ln = _forward(_model("layernorm"), params, tokens)
   assert float(jnp.abs(_forward(_model("layernorm", scan=True), stack(params), tokens)
                        - ln).max()) <= LOGIT_TOL

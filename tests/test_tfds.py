@@ -7,7 +7,6 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import cifar_records
 from substrax.data import DataError
 from substrax.data import tfds as lra
 
@@ -21,7 +20,7 @@ def test_grey_matches_tf_on_known_pixels():
 
 def test_cifar10_grey_shapes_dtypes_and_order(monkeypatch):
   monkeypatch.setattr(lra, "CHUNK", 3)   # several chunks, the last one partial
-  records = cifar_records(7)
+  records = lra.random_records("cifar10", 7)
   out = lra.cifar10_grey(records)
   assert out["tokens"].shape == (7, 1024) and out["tokens"].dtype == np.uint8
   assert out["labels"].dtype == np.int32
@@ -71,7 +70,7 @@ def test_load_cifar10_through_data_source(tfds_dir):
   assert train["tokens"].shape == (18, 1024) and val["tokens"].shape == (2, 1024)
   assert test["tokens"].shape == (5, 1024) and train["tokens"].dtype == np.uint8
   # The prepared files are shuffled; compare as a set of (label, image) pairs.
-  want = lra.cifar10_grey(cifar_records(20))
+  want = lra.cifar10_grey(lra.random_records("cifar10", 20))
   got = {(l, t.tobytes()) for l, t in zip(np.r_[train["labels"], val["labels"]],
                                           np.r_[train["tokens"], val["tokens"]])}
   assert got == {(l, t.tobytes()) for l, t in zip(want["labels"], want["tokens"])}
@@ -101,6 +100,8 @@ def test_random_stand_ins_load_as_the_real_schema(tmp_path):
   assert sorted(image["labels"]) == [0, 1, 2]
   with pytest.raises(ValueError, match="unknown dataset"):
     lra.random_records("mnist", 1)
+  with pytest.raises(ValueError, match="already prepared"):   # never a silent no-op
+    lra.write_prepared("cifar10", str(tmp_path), {"train": lra.random_records("cifar10", 2)})
 
 
 def test_load_missing_dataset_is_one_clear_error(tfds_dir, tmp_path):
