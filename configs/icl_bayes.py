@@ -24,7 +24,6 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
   c.eval.update(claims=("uncertainty", "martingale"), claim_prompts=2048)
   if preset == "tiny":
     c.eval.claim_prompts = 128
-  elif preset == "cpu":   # the recipe its results were measured with, before the demo's
-    c.num_steps = 12000   # curriculum (configs/icl_linear.py)
-    c.data.curriculum.update(dims_start=None, points_start=None, interval=2000)
+  elif preset == "cpu":   # the recipe its results were measured with
+    icl_linear.pre_curriculum_cpu(c)
   return c

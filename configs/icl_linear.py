@@ -95,3 +95,11 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
       c.num_steps = 100_000
       c.optim.learning_rate = 3e-4
   return c
+
+
+def pre_curriculum_cpu(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The `cpu` recipe before benchmarks/demo_recipe.py's sweep (12,000 steps, no curriculum),
+  for the configs whose results were measured with it."""
+  c.num_steps = 12000
+  c.data.curriculum.update(dims_start=None, points_start=None, interval=2000)
+  return c

@@ -215,20 +215,21 @@ def ds_factor(w, k: int, iters: int = 30):
 
 # model.scan stacks a backbone's layers in one tree, leaves [depth, ...]: each layer's slice is
 # compressed as its own matrix, at path ".../blocks/<i>/...", as an unrolled model's would be.
-STACKS = ("blocks", "temporal_blocks")
 
 
 def _per_layer(tree, split: bool):
-  """Every STACKS subtree of `tree` as {"0": layer 0, "1": ...} (split) or back (not split)."""
+  """Every transformer.STACKS subtree of `tree` as {"0": layer 0, "1": ...} (split), or such
+  per-layer dicts stacked back (not split)."""
   if not isinstance(tree, dict):
     return tree
   out = {}
   for name, sub in tree.items():
-    if name in STACKS and split:
-      sub = {str(i): layer for i, layer in enumerate(transformer.unstack_layers(sub))}
-    elif name in STACKS:
-      sub = transformer.stack_layers([sub[str(i)] for i in range(len(sub))])
-    out[name] = _per_layer(sub, split) if name not in STACKS else sub
+    if name not in transformer.STACKS:
+      out[name] = _per_layer(sub, split)
+    elif split:
+      out[name] = {str(i): layer for i, layer in enumerate(transformer.unstack_layers(sub))}
+    else:
+      out[name] = transformer.stack_layers([sub[str(i)] for i in range(len(sub))])
   return out
 
 

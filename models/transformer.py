@@ -219,6 +219,11 @@ def scanned(module, depth: int, broadcasts: int):
                  metadata_params={nn.PARTITION_NAME: LAYERS})
 
 
+# The names of scanned stacks of layers: the Transformer's and the video Transformer's 'blocks'
+# and the latter's 'temporal_blocks' (unrolled: block_<i>, temporal_block_<i>).
+STACKS = ("blocks", "temporal_blocks")
+
+
 def unstack_layers(stacked) -> list:
   """A scanned backbone's 'blocks' tree (leaves [depth, ...]) as one tree per layer: what the
   unrolled backbone holds as block_0, block_1, ..."""

@@ -17,6 +17,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
+from substrax.models import transformer
 from substrax.train.errors import ConfigError, StorageError, reason
 
 TMP_SUFFIX = ".orbax-checkpoint-tmp"
@@ -109,7 +110,7 @@ LAYOUTS = {"stacked": "stacks the layers in one scanned 'blocks' tree",
 def layer_layout(paths) -> str | None:
   """'stacked', 'unrolled' or None (no transformer layers) for a state's parameter paths."""
   names = {name for path in paths for name in path.split("/")}
-  if names & {"blocks", "temporal_blocks"}:
+  if names & set(transformer.STACKS):
     return "stacked"
   if any(re.fullmatch(r"(temporal_)?block_\d+", name) for name in names):
     return "unrolled"
