@@ -16,10 +16,8 @@ import collections
 import glob
 import os
 import re
-import time
 
 import jax
-import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
@@ -55,16 +53,9 @@ def matmul_gflops(m: int, k: int, n: int, reps: int = 200) -> tuple[float, float
   [m, k]^T x [m, n] (medians of `reps`)."""
   a, w = jax.random.normal(jax.random.key(0), (m, k)), jax.random.normal(jax.random.key(1), (k, n))
   g = jax.random.normal(jax.random.key(2), (m, n))
-  rates = []
-  for f, args in ((jax.jit(lambda a, w: a @ w), (a, w)), (jax.jit(lambda a, g: a.T @ g), (a, g))):
-    jax.block_until_ready(f(*args))
-    times = []
-    for _ in range(reps):
-      start = time.perf_counter()
-      jax.block_until_ready(f(*args))
-      times.append(time.perf_counter() - start)
-    rates.append(2 * m * k * n / float(np.median(times)) / 1e9)
-  return rates[0], rates[1]
+  product = study.median_seconds(jax.jit(lambda a, w: a @ w), a, w, reps=reps)
+  gradient = study.median_seconds(jax.jit(lambda a, g: a.T @ g), a, g, reps=reps)
+  return 2 * m * k * n / product / 1e9, 2 * m * k * n / gradient / 1e9
 
 
 def main(_):

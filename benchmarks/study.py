@@ -49,6 +49,17 @@ def run(main, interrupted):
   app.run(guarded, flags_parser=parse)
 
 
+def median_seconds(f, *args, reps: int) -> float:
+  """Median wall seconds of `reps` synchronised calls f(*args), after one untimed call."""
+  jax.block_until_ready(f(*args))
+  times = []
+  for _ in range(reps):
+    start = time.perf_counter()
+    jax.block_until_ready(f(*args))
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
 def step_times(exp, warmup: int, steps: int) -> list[float]:
   """Seconds of each of `steps` full trainer steps (on-device sampling plus the update, one
   dispatch, synchronised every step) from a fresh state, after `warmup` untimed ones. Call it

@@ -9,7 +9,6 @@ by the peak of a jitted float32 matmul (n=2048 on CPU, 8192 on accelerators) mea
 same run.
 """
 import json
-import time
 
 import jax
 import jax.numpy as jnp
@@ -29,14 +28,7 @@ FLAGS = flags.FLAGS
 def matmul_peak(n: int, reps: int = 10) -> float:
   """FLOP/s of a jitted n x n float32 matmul (median of `reps`)."""
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  f = jax.jit(lambda x, y: x @ y)
-  f(a, a).block_until_ready()
-  times = []
-  for _ in range(reps):
-    t = time.perf_counter()
-    f(a, a).block_until_ready()
-    times.append(time.perf_counter() - t)
-  return 2 * n**3 / float(np.median(times))
+  return 2 * n**3 / study.median_seconds(jax.jit(lambda x, y: x @ y), a, a, reps=reps)
 
 
 def main(argv):
