@@ -38,6 +38,10 @@ setup(
         "tqdm>=4.66",
         "matplotlib>=3.9",
         "numpy>=2.0",
+        # ml_dtypes 0.7.0's extension module takes 1.1 s to import (0.6.0: 0.01 s, measured on a
+        # 2-core AMD EPYC host), paid by every process that imports jax: each substrax-* run,
+        # each test worker and each subprocess the tests start.
+        "ml_dtypes>=0.5.0,!=0.7.0",
         "scipy>=1.13",   # balanced k-means (linear_sum_assignment), exact binomial intervals
         # BPE (data/tokenization.py); merges and their tie-breaking are this release line's.
         "tokenizers~=0.23.3",

@@ -24,7 +24,8 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
   c.data.curriculum.update(dims_start=None, points_start=None, interval=2000)
   c.model.update(name="lsa", dtype="float32")
   c.model.lsa.update(num_layers=1, init_scale=0.02)
-  c.optim.update(learning_rate=3e-3, warmup_steps=100, end_lr_fraction=0.0, weight_decay=0.0)
+  c.optim.update(learning_rate=3e-3, warmup_steps=100, end_lr_fraction=0.0, weight_decay=0.0,
+                 b2=0.999)
   c.eval.update(claims=("gd_alignment",), claim_prompts=10_000, gd_steps=1)
   if preset == "tiny":
     c.data.update(n_dims=3, n_points=6)

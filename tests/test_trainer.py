@@ -49,8 +49,8 @@ def test_one_device_equals_eight_devices_on_every_mesh(tiny_run):
 
 
 def test_sigterm_then_resume_is_exact(tmp_path):
-  args = [f"--config={ICL_CONFIG}:tiny", "--config.num_steps=600",
-          "--config.checkpoint.every_steps=200"]
+  args = [f"--config={ICL_CONFIG}:tiny", "--config.num_steps=300",
+          "--config.checkpoint.every_steps=100"]
   full, interrupted = str(tmp_path / "full"), str(tmp_path / "interrupted")
   env = cli_env(1)
   exe = os.path.join(os.path.dirname(sys.executable), "substrax-train")
@@ -66,7 +66,7 @@ def test_sigterm_then_resume_is_exact(tmp_path):
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 143, err
   stopped_at = train_losses(interrupted)[-1][0]
-  assert 50 <= stopped_at < 600
+  assert 50 <= stopped_at < 300
   assert f"saved a checkpoint at step {stopped_at}" in err
 
   resumed = cli("substrax-train", *args, f"--workdir={interrupted}")
@@ -75,9 +75,9 @@ def test_sigterm_then_resume_is_exact(tmp_path):
   assert cli("substrax-train", *args, f"--workdir={full}").returncode == 0
 
   assert train_losses(interrupted) == train_losses(full)
-  config = icl_config("tiny", num_steps=600)
+  config = icl_config("tiny", num_steps=300)
   (s1, a), (s2, b) = restore_latest(config, interrupted), restore_latest(config, full)
-  assert s1 == s2 == 600
+  assert s1 == s2 == 300
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
