@@ -1,4 +1,4 @@
-"""Eight fake CPU devices for every test, set before JAX initialises its backends, and three
+"""Eight fake CPU devices for every test, set before JAX initialises its backends, and four
 settings that cut compile time, the suite's main cost (XLA compiling small programs in every
 test and every substrax-* subprocess):
 
@@ -10,7 +10,10 @@ test and every substrax-* subprocess):
   programs faster: a cold tiny ICL run took 9 s of CPU instead of 13.5 s, and 36 test files
   (all but test_integrity, test_scale_out and test_trainer) 871 s instead of 1,227 s at -n 0,
   with the same printed tables and the same losses to float32 rounding (relative differences
-  under 3e-7); a few runtime-bound tests (the 100 MNIST steps) are slightly slower.
+  under 3e-7); a few runtime-bound tests (the 100 MNIST steps) are slightly slower;
+- each program's LLVM module compiled whole (--xla_cpu_parallel_codegen_split_count=1) rather
+  than split for parallel codegen, which two workers on two cores cannot use: a cold tiny ICL
+  run took 12.1-12.3 s of CPU instead of 13.2-13.6 s, tests/test_scan.py 32.2 s instead of 34.4 s.
 The programs compute the same functions; benchmarks keep the defaults.
 """
 import os
@@ -19,7 +22,8 @@ import tempfile
 
 import pytest
 
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+FAST_COMPILE = ("--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false "
+                "--xla_cpu_parallel_codegen_split_count=1")
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            f" --xla_force_host_platform_device_count=8 {FAST_COMPILE}").strip()
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:   # set once, by pytest's main process
