@@ -113,10 +113,10 @@ def main(_):
       reporting.write_json(timing_path, timings)
   results = {}
   for name in names:
+    overrides, batch = CANDIDATES[name], batch_of(name)
+    steps = int(FLAGS.budget_s / timings[str(batch)]) // 100 * 100
     for seed in seeds:   # seed 0 is the preset's; another seed's run is NAME_seedS
-      overrides, batch = CANDIDATES[name], batch_of(name)
       run = name if seed == 0 else f"{name}_seed{seed}"
-      steps = int(FLAGS.budget_s / timings[str(batch)]) // 100 * 100
       workdir = os.path.join(FLAGS.workdir, run)
       run_overrides = {**overrides, "seed": seed, "num_steps": steps, "log_every_steps": 100,
                        "eval_every_steps": steps, "checkpoint.every_steps": steps}

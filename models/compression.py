@@ -215,8 +215,6 @@ def ds_factor(w, k: int, iters: int = 30):
 
 # model.scan stacks a backbone's layers in one tree, leaves [depth, ...]: each layer's slice is
 # compressed as its own matrix, at path ".../blocks/<i>/...", as an unrolled model's would be.
-
-
 def _per_layer(tree, split: bool):
   """Every transformer.STACKS subtree of `tree` as {"0": layer 0, "1": ...} (split), or such
   per-layer dicts stacked back (not split)."""
