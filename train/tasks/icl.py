@@ -185,10 +185,9 @@ def build(config) -> Task:
     return out
 
   def errors_of(predict):
-    """jit((key, params) -> errors [batch, n]) for a predictor (params, xs, ys) -> predictions."""
-    def errors(key, params):
-      prompts = icl_data.sample(spec, key, e.batch_size)
-      return pointwise_error(spec, predict(params, prompts["xs"], prompts["ys"]), prompts["ys"])
+    """jit((params, xs, ys) -> errors [batch, n]) for a predictor (params, xs, ys) -> predictions."""
+    def errors(params, xs, ys):
+      return pointwise_error(spec, predict(params, xs, ys), ys)
     return jax.jit(errors)
 
   def on_one_device(fn):
@@ -197,9 +196,9 @@ def build(config) -> Task:
     pool (docs/design-notes.md, pitfalls)."""
     device = jax.devices()[0]
 
-    def run(key, params):
+    def run(params, xs, ys):
       with jax.set_mesh(mesh_lib.make_mesh((1, 1, 1), [device])):
-        return fn(jax.device_put(key, device), params)
+        return fn(params, xs, ys)
     return run
 
   # The model's "params" are (variables, step): the step picks Performer's feature draw. A
@@ -219,7 +218,7 @@ def build(config) -> Task:
   def evaluate(params, model_state, workdir, step):
     variables = {"params": params, **model_state}
     payload = evaluate_prompts(
-        config, spec, {k: functools.partial(fn, params=(variables, step) if k in models else None)
+        config, spec, {k: functools.partial(fn, (variables, step) if k in models else None)
                        for k, fn in error_fns.items()}, workdir, step)
     predict_all = functools.partial(predict, variables, step)
     payload["claims"] = icl_claims.run_claims(
@@ -246,13 +245,17 @@ def evaluate_prompts(config, spec, error_fns, workdir, step):
   """Error per prefix length over held-out prompts, for the model and every baseline.
 
   Writes eval/icl_<function_class>.json and .png and prints a table. `error_fns` maps each name
-  to a jitted key -> errors [batch, n_points]; they run one at a time (see models/baselines.py).
+  to a jitted (xs, ys) -> errors [batch, n_points]; they run one at a time (see
+  models/baselines.py). The prompts are drawn once, on the host, and passed to each: compiled
+  into every function, the sampler would compile once per predictor.
   """
   e = config.eval
   n_batches = -(-e.num_prompts // e.batch_size)
-  keys = [jax.random.fold_in(jax.random.key(e.seed), i) for i in range(n_batches)]
-  errors = {name: np.concatenate([jax.device_get(fn(k)) for k in keys])[:e.num_prompts]
-            for name, fn in error_fns.items()}
+  sample = jax.jit(icl_data.sample, static_argnums=(0, 2))
+  prompts = [jax.device_get(sample(spec, jax.random.fold_in(jax.random.key(e.seed), i),
+                                   e.batch_size)) for i in range(n_batches)]
+  errors = {name: np.concatenate([jax.device_get(fn(p["xs"], p["ys"])) for p in prompts])
+            [:e.num_prompts] for name, fn in error_fns.items()}
   models = {}
   model = config.model.name
   for name, err in sorted(errors.items(), key=lambda kv: kv[0] != model):
