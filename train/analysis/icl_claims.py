@@ -334,7 +334,7 @@ def martingale(predict, spec, *, key, num_prompts: int):
   and the spread of mu_k(x_q) over orderings of the k pairs (exchangeability)."""
   kp, kq, ke, kperm = jax.random.split(key, 4)
   prompts = icl_data.sample(spec, kp, num_prompts)
-  # The prompts are edited on the host, so every model call has one shape and compiles once.
+  # Edited in NumPy on the host: eager ops on a shape that changes with k would compile per k.
   xs, ys = np.asarray(prompts["xs"]), np.asarray(prompts["ys"])
   n, d = spec.n_points, spec.n_dims
   x_q = np.asarray(jax.random.normal(kq, (num_prompts, d)) @ icl_data.covariance_root(spec))

@@ -96,8 +96,9 @@ def sample_ood(spec: icl.Spec, setting: str, key, batch_size: int):
   raise ValueError(f"unknown OOD setting {setting!r}; choose one of {', '.join(SETTINGS)}")
 
 
-def at_query(prompt, k: int):
-  """{'xs', 'ys'} with point k replaced by the setting's query for the first k points."""
+def at_query(prompt, k):
+  """{'xs', 'ys'} with point k (an int or a traced int) replaced by the setting's query for the
+  first k points."""
   if "query_xs" not in prompt:
     return {"xs": prompt["xs"], "ys": prompt["ys"]}
   at_k = jnp.arange(prompt["ys"].shape[1]) == k
@@ -141,15 +142,15 @@ def ood_report(predictors: dict, spec: icl.Spec, key, num_prompts: int, batch_si
   errors = {name: jax.jit(functools.partial(_errors, spec, fn)) for name, fn in predictors.items()}
   settings = {}
   for setting in SETTINGS:
-    ks = _scored_ks(spec, setting)
+    ks = np.asarray(_scored_ks(spec, setting))
     # Waited for one by one too: the queries' QR is a LAPACK call.
     prompts = [jax.block_until_ready(sampler(spec, setting, k, batch_size)) for k in keys]
     models = {}
     for name, fn in errors.items():
-      err = np.concatenate([jax.device_get(fn(p, np.asarray(ks))) for p in prompts])[:num_prompts]
+      err = np.concatenate([jax.device_get(fn(p, ks)) for p in prompts])[:num_prompts]
       mean, ci = bootstrap_mean(err, n_boot)
       models[name] = {"mean": mean.tolist(), "ci95": ci.tolist()}
-    settings[setting] = {"k": list(ks), "models": models}
+    settings[setting] = {"k": ks.tolist(), "models": models}
   return {"function_class": spec.function_class, "n_dims": spec.n_dims,
           "n_points": spec.n_points, "metric": spec.metric, "num_prompts": int(num_prompts),
           "noisy_y_std": NOISY_Y_STD, "settings": settings}

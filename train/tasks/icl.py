@@ -246,15 +246,17 @@ def evaluate_prompts(config, spec, error_fns, workdir, step):
 
   Writes eval/icl_<function_class>.json and .png and prints a table. `error_fns` maps each name
   to a jitted (xs, ys) -> errors [batch, n_points]; they run one at a time (see
-  models/baselines.py). The prompts are drawn once, on the host, and passed to each: compiled
-  into every function, the sampler would compile once per predictor.
+  models/baselines.py). The prompts are drawn once, fetched to the host and passed to each:
+  compiled into every function, the sampler would compile once per predictor.
   """
   e = config.eval
   n_batches = -(-e.num_prompts // e.batch_size)
   sample = jax.jit(icl_data.sample, static_argnums=(0, 2))
-  prompts = [jax.device_get(sample(spec, jax.random.fold_in(jax.random.key(e.seed), i),
-                                   e.batch_size)) for i in range(n_batches)]
-  errors = {name: np.concatenate([jax.device_get(fn(p["xs"], p["ys"])) for p in prompts])
+  prompts = []
+  for i in range(n_batches):
+    p = sample(spec, jax.random.fold_in(jax.random.key(e.seed), i), e.batch_size)
+    prompts.append(jax.device_get((p["xs"], p["ys"])))
+  errors = {name: np.concatenate([jax.device_get(fn(xs, ys)) for xs, ys in prompts])
             [:e.num_prompts] for name, fn in error_fns.items()}
   models = {}
   model = config.model.name
