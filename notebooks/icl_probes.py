@@ -48,7 +48,7 @@ def run(config, name):
   """Trains (or resumes) the run, evaluates it, and returns its directory."""
   workdir = os.path.join(RUNS, f"{name}_{PRESET}")
   if PRESET == "tiny":
-    config.eval.claim_prompts = 128
+    config.eval.claim_prompts = 64
   trainer.train_and_evaluate(config, workdir)
   return workdir
 

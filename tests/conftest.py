@@ -1,5 +1,12 @@
-"""Eight fake CPU devices for every test, set before JAX initialises its backends, and four
-settings that cut compile time, the suite's main cost (XLA compiling small programs in every
+"""Fake CPU devices for the in-process tests, set before JAX initialises its backends: eight,
+or SUBSTRAX_TEST_DEVICES. Tests marked `mesh` need the eight (layouts, sharded checkpoints,
+per-device bytes) and skip with fewer. `make test` runs the rest on one device, where a tiny
+run's program is not partitioned eight ways and its checkpoint is not sliced per replica (Orbax
+compiles one eager slice per array shape), then the `mesh` tests on eight: the video, LRA,
+bandit, ICL-claim, attention, surgery, probe and LM test files took 296 s at -n 2 on one device
+(550 s of CPU) and 372 s on eight (688 s of CPU).
+
+Five settings cut compile time, the suite's main cost (XLA compiling small programs in every
 test and every substrax-* subprocess):
 
 - one persistent compilation cache for the session, so each program compiles once (the xdist
@@ -13,7 +20,9 @@ test and every substrax-* subprocess):
   under 3e-7); a few runtime-bound tests (the 100 MNIST steps) are slightly slower;
 - each program's LLVM module compiled whole (--xla_cpu_parallel_codegen_split_count=1) rather
   than split for parallel codegen, which two workers on two cores cannot use: a cold tiny ICL
-  run took 12.1-12.3 s of CPU instead of 13.2-13.6 s, tests/test_scan.py 32.2 s instead of 34.4 s.
+  run took 12.1-12.3 s of CPU instead of 13.2-13.6 s, tests/test_scan.py 32.2 s instead of 34.4 s;
+- MLIR locations without Python tracebacks (JAX_INCLUDE_FULL_TRACEBACKS_IN_LOCATIONS=0): building
+  them took 28 s of the suite's CPU, profiled with py-spy; they only annotate IR dumps.
 The programs compute the same functions; benchmarks keep the defaults.
 """
 import os
@@ -24,19 +33,35 @@ import pytest
 
 FAST_COMPILE = ("--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false "
                 "--xla_cpu_parallel_codegen_split_count=1")
+MESH_DEVICES = 8
+DEVICES = int(os.environ.get("SUBSTRAX_TEST_DEVICES", MESH_DEVICES))
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           f" --xla_force_host_platform_device_count=8 {FAST_COMPILE}").strip()
+                           f" --xla_force_host_platform_device_count={DEVICES} {FAST_COMPILE}").strip()
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:   # set once, by pytest's main process
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="substrax-tests-xla-")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+os.environ.setdefault("JAX_INCLUDE_FULL_TRACEBACKS_IN_LOCATIONS", "0")
 
 import jax  # noqa: E402
 
-jax.config.update("jax_num_cpu_devices", 8)
+jax.config.update("jax_num_cpu_devices", DEVICES)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ICL_CONFIG = os.path.join(REPO, "configs", "icl_linear.py")
+
+
+def pytest_configure(config):
+  config.addinivalue_line("markers", f"mesh: needs {MESH_DEVICES} devices in the test process")
+
+
+def pytest_collection_modifyitems(config, items):
+  if DEVICES >= MESH_DEVICES:
+    return
+  skip = pytest.mark.skip(reason=f"needs {MESH_DEVICES} devices; SUBSTRAX_TEST_DEVICES={DEVICES}")
+  for item in items:
+    if item.get_closest_marker("mesh"):
+      item.add_marker(skip)
 
 
 def experiment_config(name: str, preset: str = "tiny", **overrides):

@@ -55,6 +55,7 @@ def test_inspect_counts_parameters_and_flops():
   assert "backbone/block_0/attn" in table.stdout and "total" in table.stdout
 
 
+@pytest.mark.mesh
 def test_inspect_reports_compile_seconds_and_compiled_memory_per_device():
   report = trainer.inspect(icl_config("tiny"))   # 8 devices, data parallel
   assert report["setup_s"] > 0 and report["lower_s"] > 0 and report["compile_s"] > 0
@@ -77,8 +78,9 @@ BAD_CONFIGS = [
     ({"optim.learning_rate": 0.0}, "optim.learning_rate"),
     ({"mesh_shape": (3, 1, 1)}, "mesh_shape"),
     ({"mesh_shape": (-1, -1, 1)}, "mesh_shape"),
-    ({"batch_size": 12}, "batch_size"),
-    ({"mesh_shape": (1, 1, 8)}, "attn.*dimension 2 does not divide"),  # 2 heads over 8 devices
+    pytest.param({"batch_size": 12}, "batch_size", marks=pytest.mark.mesh),
+    pytest.param({"mesh_shape": (1, 1, 8)}, "attn.*dimension 2 does not divide",
+                 marks=pytest.mark.mesh),   # 2 heads over 8 devices
     ({"task": "nope"}, "task"),
     ({"model.attention.kind": "nope"}, "model.attention.kind"),
     ({"model.attention.kind": "performer", "model.attention.impl": "cudnn"},
