@@ -21,7 +21,7 @@ demo: install
 # (tests/conftest.py); both runs share one compilation cache.
 test: install
 	$(BIN)/ruff check .
-	export JAX_COMPILATION_CACHE_DIR=$$(mktemp -d -t substrax-tests-xla-XXXXXX) && \
+	cache=$$(mktemp -d -t substrax-tests-xla-XXXXXX) && export JAX_COMPILATION_CACHE_DIR=$$cache && \
 	SUBSTRAX_TEST_DEVICES=1 $(BIN)/python -m pytest -q -n 2 --dist worksteal -m "not mesh" tests && \
 	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m mesh tests
 

@@ -151,6 +151,7 @@ def test_relu_learner_is_causal():
   assert float(np.abs(changed[:, 8:] - logits[:, 8:]).max()) > 1e-4
 
 
+@pytest.mark.mesh   # the online evaluation leaves the 8-device training mesh for one device
 def test_bandit_task_trains_and_reports_regret_and_agreement(tmp_path):
   config = bandit_config.get_config("tiny")
   state = trainer.train_and_evaluate(config, str(tmp_path))

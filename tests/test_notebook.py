@@ -8,11 +8,13 @@ import time
 
 import jupytext
 import nbformat
+import numpy as np
 from nbclient import NotebookClient
 
 from conftest import REPO, cli_env
 from substrax.configs import lm_hmm
 from substrax.data import lm
+from substrax.train.analysis import probes
 
 import pytest
 
@@ -56,6 +58,11 @@ def test_icl_probes_runs_on_the_tiny_preset(tmp_path, monkeypatch):
   line = next(l for l in text.splitlines() if l.startswith("max |LSA - one GD step|"))
   assert float(line.rsplit(" ", 1)[1]) < 1e-4
   assert len(images) == 3
+  with open(tmp_path / "icl_probes_tiny" / "eval" / "probes.json") as f:
+    records = json.load(f)["probes"]
+  assert {r["target"] for r in records} == set(probes.TARGETS)
+  assert {r["kind"] for r in records} == set(probes.KINDS)
+  assert all(np.isfinite(r[k]) for r in records for k in ("r2", "r2_untrained", "r2_shuffled"))
 
 
 def test_scaling_laws_refits_a_tiny_study(tmp_path, monkeypatch):

@@ -79,7 +79,7 @@ def test_probe_targets_match_hand_computation():
 
 def test_probe_report_end_to_end(tiny, tmp_path):
   spec, model, params, untrained, _ = tiny
-  # Two of the targets: every target's fits run in tests/test_notebook.py (notebooks/icl_probes).
+  # Two of the targets: tests/test_notebook.py checks every target's fits (notebooks/icl_probes).
   targets = ("w_ols", "xtx")
   report = probes.probe_report(model, params, untrained, spec, jax.random.key(3), num_prompts=64,
                                positions=(2, 5), targets=targets, eta=0.5)
