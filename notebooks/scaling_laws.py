@@ -22,7 +22,8 @@
 # so it should lie somewhat above the Bayes loss. Intervals come from a paired bootstrap over
 # the held-out sequences: evaluation noise only, not seed-to-seed training noise.
 #
-# Set `SUBSTRAX_STUDY` to read another study's JSON (CI uses a tiny one).
+# Set `SUBSTRAX_STUDY` to read another study's JSON and `SUBSTRAX_REPS` for fewer bootstrap
+# replicates in the refits (CI uses a tiny study and 100).
 
 # %%
 import io
@@ -37,8 +38,8 @@ STUDY = os.environ.get("SUBSTRAX_STUDY", "../runs/scaling_laws/scaling_laws.json
 with open(STUDY) as f:
   results = json.load(f)
 models = len(results["models"])
-fit = scaling.study_fit(results, held_out=min(1, models - 3))
-print(scaling.markdown(results, fit))
+# The fits the study recorded when it finished: on log(L − L∞), then on log L.
+print(scaling.markdown(results, results["fit"], results["fit_total"]))
 
 # %% [markdown]
 # ## Refit
@@ -46,20 +47,22 @@ print(scaling.markdown(results, fit))
 # `HELD_OUT`: how many of the largest models the fit leaves out (at least 3 stay in).
 # `FIX_AT_BAYES`: pin L∞ to the Bayes loss and see how α moves: a floor below the true one
 # leaves a reducible part that falls more slowly, so α drops.
+# `REPS`: bootstrap replicates; the fit on log L takes a tenth of them (~70 ms per replicate).
 
 # %%
 HELD_OUT = 2
 FIX_AT_BAYES = True
+REPS = int(os.environ.get("SUBSTRAX_REPS", 1000))
 
 held_out = max(0, min(HELD_OUT, models - 3))
-refit = scaling.study_fit(results, held_out=held_out)
+refit = scaling.study_fit(results, held_out=held_out, reps=REPS)
 bayes = results["bayes_nats"]
 lowest = min(min(m["loss"], *m["curve"]["loss"]) for m in results["models"])
 # The same law fitted on log L instead of log(L − L∞) (see train/analysis/scaling.py).
-on_log_l = scaling.study_fit(results, held_out=held_out, space="total", reps=100)
+on_log_l = scaling.study_fit(results, held_out=held_out, space="total", reps=REPS // 10)
 fits = {"free L∞, on log(L − L∞)": refit, "free L∞, on log L": on_log_l}
 if FIX_AT_BAYES and bayes < lowest:
-  fits["L∞ = Bayes"] = scaling.study_fit(results, held_out=held_out, l_inf=bayes)
+  fits["L∞ = Bayes"] = scaling.study_fit(results, held_out=held_out, l_inf=bayes, reps=REPS)
 elif FIX_AT_BAYES:
   print(f"a measured loss ({lowest:.4f}) lies below the Bayes loss (noise): L∞ not pinned")
 ci = lambda pair: f"[{pair[0]:.4f}, {pair[1]:.4f}]"

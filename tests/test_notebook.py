@@ -106,7 +106,7 @@ def test_scaling_laws_refits_a_tiny_study(tmp_path, monkeypatch):
   bayes = lm.hmm_token_losses(params, tokens)[:, 1:]
   assert study["bayes_nats"] == pytest.approx(bayes.mean(), rel=1e-12)
   assert len(study["models"][0]["sequence_losses"]) == len(tokens)
-  text, images = execute(SCALING, {"SUBSTRAX_STUDY": str(tmp_path / "scaling_laws.json")},
-                         monkeypatch)
+  text, images = execute(SCALING, {"SUBSTRAX_STUDY": str(tmp_path / "scaling_laws.json"),
+                                    "SUBSTRAX_REPS": "100"}, monkeypatch)
   assert "| w16d2 |" in text and "predicted" in text
   assert len(images) == 1

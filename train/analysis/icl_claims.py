@@ -21,7 +21,6 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from matplotlib.figure import Figure
 
 from substrax.data import icl as icl_data
 from substrax.models import baselines
@@ -135,7 +134,7 @@ def format_gd_alignment(r: dict) -> str:
 
 
 def plot_gd_alignment(path: str, r: dict, pred, gd_pred):
-  fig = Figure(figsize=(12, 3.6), dpi=110)
+  fig = reporting.figure(figsize=(12, 3.6), dpi=110)
   ax = fig.add_subplot(1, 3, 1)
   ax.scatter(gd_pred, pred, s=3, alpha=0.4)
   lim = [min(gd_pred.min(), pred.min()), max(gd_pred.max(), pred.max())]
@@ -222,7 +221,7 @@ def format_algorithms(r: dict) -> str:
 
 
 def plot_algorithms(path: str, r: dict):
-  fig = Figure(figsize=(10, 3.6), dpi=110)
+  fig = reporting.figure(figsize=(10, 3.6), dpi=110)
   for i, metric in enumerate(("spd", "ilwd")):
     ax = fig.add_subplot(1, 2, i + 1)
     for name, a in r["algorithms"].items():
@@ -307,7 +306,7 @@ def format_uncertainty(r: dict) -> str:
 
 
 def plot_uncertainty(path: str, r: dict):
-  fig = Figure(figsize=(10, 3.6), dpi=110)
+  fig = reporting.figure(figsize=(10, 3.6), dpi=110)
   ax = fig.add_subplot(1, 2, 1)
   for name in ("model", "bayes"):
     ax.plot(r["k"], r["nll"][name], marker="o", ms=3, label=name)
@@ -382,7 +381,7 @@ def format_martingale(r: dict) -> str:
 
 
 def plot_martingale(path: str, r: dict):
-  fig = Figure(figsize=(10, 3.6), dpi=110)
+  fig = reporting.figure(figsize=(10, 3.6), dpi=110)
   for i, metric in enumerate(("martingale_gap", "order_variance")):
     ax = fig.add_subplot(1, 2, i + 1)
     for name in ("model", "bayes"):
@@ -436,7 +435,7 @@ def format_selection(r: dict) -> str:
 
 def plot_selection(path: str, r: dict):
   fams = list(r["families"])
-  fig = Figure(figsize=(4 * len(fams), 3.6), dpi=110)
+  fig = reporting.figure(figsize=(4 * len(fams), 3.6), dpi=110)
   for i, family in enumerate(fams):
     f = r["families"][family]
     ax = fig.add_subplot(1, len(fams), i + 1)

@@ -28,10 +28,9 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from matplotlib.figure import Figure  # no pyplot, as in reporting.py
 
 from substrax.data import icl
-from substrax.train.analysis.reporting import bootstrap_mean
+from substrax.train.analysis.reporting import bootstrap_mean, figure
 
 SETTINGS = ("standard", "skewed", "noisy_y", "scale_x_0.5", "scale_x_2", "scale_x_3",
             "orthogonal_query", "query_in_span", "half_subspace", "orthants")
@@ -176,7 +175,7 @@ def plot_ood(path: str, report: dict):
   """Grouped bars with 95% intervals: settings across, one bar per predictor; k = n-1 and k = d."""
   settings = list(report["settings"])
   names = list(report["settings"][settings[0]]["models"])
-  fig = Figure(figsize=(1.0 * len(settings) + 3.0, 6.4), dpi=120)
+  fig = figure(figsize=(1.0 * len(settings) + 3.0, 6.4), dpi=120)
   axes = fig.subplots(2, 1, sharex=True)
   width = 0.8 / len(names)
   x = np.arange(len(settings))

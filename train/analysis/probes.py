@@ -17,10 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from matplotlib.figure import Figure  # no pyplot, as in reporting.py
 
 from substrax.data import icl
 from substrax.models.transformer import Block
+from substrax.train.analysis.reporting import figure
 
 TARGETS = ("w", "xty", "xtx", "w_ols", "w_gd")
 KINDS = ("linear", "mlp")
@@ -291,7 +291,7 @@ def plot_probes(path: str, report, k: int | None = None):
   model (solid), the untrained model (dashed) and shuffled targets (dotted)."""
   k, at = _at(report, k)
   targets, layers = report["config"]["targets"], np.arange(report["config"]["layers"])
-  fig = Figure(figsize=(3.2 * len(targets) + 1.6, 3.2), dpi=120)
+  fig = figure(figsize=(3.2 * len(targets) + 1.6, 3.2), dpi=120)
   axes = np.atleast_1d(fig.subplots(1, len(targets), sharey=True))
   styles = {"r2": "-", "r2_untrained": "--", "r2_shuffled": ":"}
   for ax, target in zip(axes, targets):

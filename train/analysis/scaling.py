@@ -22,9 +22,9 @@ gets the same fit, and N_opt(C) a power law N_opt ∝ C^β.
 """
 import jax
 import numpy as np
-from matplotlib import colormaps
-from matplotlib.figure import Figure  # no pyplot: figures render without touching the backend
 from scipy import optimize
+
+from substrax.train.analysis import reporting
 
 SPACES = ("reducible", "total")
 GAP_MIN = 1e-9    # L∞ ≤ (1 − GAP_MIN)·min L: log(L − L∞) diverges at min L
@@ -321,13 +321,14 @@ def study_fit(results: dict, held_out: int = 1, *, reps: int = 1000, seed: int =
           "frontier": frontier}
 
 
-def plot(path: str | None, results: dict, fit: dict, other: dict | None = None) -> Figure:
+def plot(path: str | None, results: dict, fit: dict, other: dict | None = None):
   """Left: loss against N with the fit, its extrapolation and the Bayes loss; right: training
   curves against compute with the frontier's power law. `fit` is a study_fit result; `other`,
   another (e.g. in the other space), adds its law and prediction on the left."""
+  from matplotlib import colormaps   # here, as in reporting.figure: only plotting needs it
   models = sorted(results["models"], key=lambda m: m["non_embedding_params"])
   law, boot, bayes = fit["fit"], fit["bootstrap"], fit["bayes"]["nats"]
-  fig = Figure(figsize=(12, 4.6), dpi=120)
+  fig = reporting.figure(figsize=(12, 4.6), dpi=120)
   left, right = fig.subplots(1, 2)
   n_all = np.array([m["non_embedding_params"] for m in models], np.float64)
   loss_all = np.array([m["loss"] for m in models])

@@ -10,9 +10,8 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from matplotlib.figure import Figure  # no pyplot, as in reporting.py
 
-from substrax.train.analysis.reporting import bootstrap_mean
+from substrax.train.analysis.reporting import bootstrap_mean, figure
 
 SSIM_VARIANTS = ("gaussian", "uniform7", "box3")
 # Floor on the per-frame MSE inside PSNR, so a perfect frame scores 100 dB rather than inf.
@@ -346,7 +345,7 @@ def plot_rollout_curves(path: str, report: dict, metrics=("mse_px", "ssim_gaussi
                         title: str = ""):
   """One panel per metric: per-step mean with 95 % band per predictor, trivial ones dashed."""
   steps = report["steps"]
-  fig = Figure(figsize=(4.2 * len(metrics) + 1.6, 3.8), dpi=120)
+  fig = figure(figsize=(4.2 * len(metrics) + 1.6, 3.8), dpi=120)
   axes = np.atleast_1d(fig.subplots(1, len(metrics)))
   for ax, metric in zip(axes, metrics):
     for name, entry in report["predictors"].items():
@@ -372,7 +371,7 @@ def plot_frame_strip(path: str, context, target, rollouts: dict, max_frames: int
   """
   rows = [("context", context), ("ground truth", target), *rollouts.items()]
   cols = min(max_frames, max(len(f) for _, f in rows))
-  fig = Figure(figsize=(0.9 * cols + 1.2, 0.95 * len(rows)), dpi=120)
+  fig = figure(figsize=(0.9 * cols + 1.2, 0.95 * len(rows)), dpi=120)
   axes = np.asarray(fig.subplots(len(rows), cols, squeeze=False))
   for r, (name, frames) in enumerate(rows):
     frames = np.clip(np.asarray(frames, np.float32), 0.0, 1.0)

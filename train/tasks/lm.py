@@ -30,7 +30,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from matplotlib.figure import Figure
 
 from substrax.data import algorithmic, pipeline, tokenization
 from substrax.data import lm as lm_data
@@ -214,7 +213,7 @@ def _curve(workdir) -> dict:
 
 
 def plot(path: str, r: dict):
-  fig = Figure(figsize=(6.4, 4.2), dpi=120)
+  fig = reporting.figure(figsize=(6.4, 4.2), dpi=120)
   ax = fig.subplots()
   first = r["lengths"][0]
   ax.plot(r["curve"]["step"], r["curve"]["loss"], "o-", lw=2, label="model, held out")
@@ -497,7 +496,7 @@ def _exact_curve(workdir) -> dict:
 
 
 def plot_exact(path: str, r: dict):
-  fig = Figure(figsize=(6.4, 4.2), dpi=120)
+  fig = reporting.figure(figsize=(6.4, 4.2), dpi=120)
   ax = fig.subplots()
   for n, values in r["curve"]["exact"].items():
     ax.plot(r["curve"]["step"], values, "o-", lw=1.5, label=f"n = {n}")

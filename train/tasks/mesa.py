@@ -13,7 +13,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from matplotlib.figure import Figure
 
 from substrax.data import icl as icl_data
 from substrax.train.analysis import reporting
@@ -205,7 +204,7 @@ def build(config) -> Task:
 
 
 def plot(path: str, r: dict):
-  fig = Figure(figsize=(11, 4.2), dpi=120)
+  fig = reporting.figure(figsize=(11, 4.2), dpi=120)
   left, right = fig.subplots(1, 2)
   for key, style in (("model_vs_gd", "-"), ("model_vs_ols", "-"), ("model_vs_true", "-"),
                      ("gd_vs_true", ":"), ("ols_vs_true", ":")):

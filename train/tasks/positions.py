@@ -21,7 +21,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from matplotlib.figure import Figure
 
 from substrax.models.lm import LanguageModel
 from substrax.models.transformer import Transformer, block_config
@@ -170,7 +169,7 @@ def build(config) -> Task:
 
 
 def plot(path: str, r: dict):
-  fig = Figure(figsize=(6.4, 4.2), dpi=120)
+  fig = reporting.figure(figsize=(6.4, 4.2), dpi=120)
   ax = fig.subplots()
   ax.bar(np.arange(r["length"]), r["accuracy_per_position"], color="C0",
          label=f"model: {r['accuracy']:.3f} overall")
