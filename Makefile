@@ -20,17 +20,17 @@ demo: install
 
 # Two workers: most tests are bound by single-threaded XLA compiles, so they overlap well.
 # The in-process tests run on one fake CPU device, then those marked `mesh` on eight
-# (tests/conftest.py). Both runs share one temporary directory, removed at the end: the XLA
-# compilation cache, and the Python bytecode of every module imported (PYTHONPYCACHEPREFIX),
-# compiled by the first process that imports it and read by the ~140 others, even where the
-# environment sets PYTHONDONTWRITEBYTECODE.
+# (tests/conftest.py), collected only from the files that mark any. Both runs share one
+# temporary directory, removed at the end: the XLA compilation cache, and the bytecode of
+# every module imported (PYTHONPYCACHEPREFIX), compiled by the first process that imports it
+# and read by the ~100 others, even where the environment sets PYTHONDONTWRITEBYTECODE.
 test: install
 	$(BIN)/ruff check .
 	cache=$$(mktemp -d -t substrax-tests-XXXXXX) && trap 'rm -rf "$$cache"' EXIT && \
 	export JAX_COMPILATION_CACHE_DIR=$$cache/xla PYTHONPYCACHEPREFIX=$$cache/pyc && \
 	unset PYTHONDONTWRITEBYTECODE && \
 	SUBSTRAX_TEST_DEVICES=1 $(BIN)/python -m pytest -q -n 2 --dist worksteal -m "not mesh" tests && \
-	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m mesh tests
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m mesh $$(grep -l "mark.mesh" tests/test_*.py)
 
 bench: install
 	$(BIN)/python benchmarks/train_step.py
