@@ -23,7 +23,7 @@
 # the held-out sequences: evaluation noise only, not seed-to-seed training noise.
 #
 # Set `SUBSTRAX_STUDY` to read another study's JSON and `SUBSTRAX_REPS` for fewer bootstrap
-# replicates in the refits (CI uses a tiny study and 100).
+# replicates in the fits (CI uses a tiny study and 100).
 
 # %%
 import io
@@ -35,11 +35,12 @@ from IPython.display import Image, display
 from substrax.train.analysis import scaling
 
 STUDY = os.environ.get("SUBSTRAX_STUDY", "../runs/scaling_laws/scaling_laws.json")
+REPS = int(os.environ.get("SUBSTRAX_REPS", 1000))   # bootstrap replicates of every fit below
 with open(STUDY) as f:
   results = json.load(f)
 models = len(results["models"])
-# The fits the study recorded when it finished: on log(L − L∞), then on log L.
-print(scaling.markdown(results, results["fit"], results["fit_total"]))
+fit = scaling.study_fit(results, held_out=min(1, models - 3), reps=REPS)
+print(scaling.markdown(results, fit))
 
 # %% [markdown]
 # ## Refit
@@ -47,12 +48,11 @@ print(scaling.markdown(results, results["fit"], results["fit_total"]))
 # `HELD_OUT`: how many of the largest models the fit leaves out (at least 3 stay in).
 # `FIX_AT_BAYES`: pin L∞ to the Bayes loss and see how α moves: a floor below the true one
 # leaves a reducible part that falls more slowly, so α drops.
-# `REPS`: bootstrap replicates; the fit on log L takes a tenth of them (~70 ms per replicate).
+# The fit on log L takes a tenth of the `REPS` bootstrap replicates (~70 ms per replicate).
 
 # %%
 HELD_OUT = 2
 FIX_AT_BAYES = True
-REPS = int(os.environ.get("SUBSTRAX_REPS", 1000))
 
 held_out = max(0, min(HELD_OUT, models - 3))
 refit = scaling.study_fit(results, held_out=held_out, reps=REPS)
