@@ -7,6 +7,7 @@ is saved next to it as wall_time.json for the table scripts.
 """
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
-from substrax.train import metrics, optim
+from substrax.train import errors, metrics, optim
 from substrax.train import step as step_lib
 
 
@@ -39,11 +40,15 @@ def run(main, interrupted):
 
   def guarded(argv):
     logging.set_verbosity(logging.WARNING)
+    # Python drops a KeyboardInterrupt raised inside a GC callback (JAX has one), and the run
+    # then went on to the end; errors.stop delivers the signal again until one gets through.
+    signal.signal(signal.SIGINT, lambda signum, _: errors.stop(signum, "SIGINT"))
     try:
       return main(argv)
     except app.UsageError as err:
       stop(str(err), 2)
     except KeyboardInterrupt:
+      errors.caught()
       stop(f"interrupted (SIGINT); {interrupted()}", 130)
 
   app.run(guarded, flags_parser=parse)
