@@ -58,6 +58,7 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
       ridge_alpha=0.1, lasso_alpha=0.01, knn_k=3, gd_steps=5, bootstrap=1000,
       claims=(),              # train/analysis/icl_claims.py CLAIMS to measure after training
       claim_prompts=4096,
+      probe_steps=500,        # Adam steps of each MLP probe (train/analysis/probes.py)
   ))
 
   if preset == "tiny":
@@ -68,7 +69,7 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
     c.log_every_steps = 1
     c.eval_every_steps = 10
     c.checkpoint.every_steps = 10
-    c.eval.update(num_prompts=128, batch_size=128, bootstrap=200)
+    c.eval.update(num_prompts=128, batch_size=128, bootstrap=200, probe_steps=100)
     c.progress_bar = False
   elif preset == "cpu":
     # benchmarks/demo_recipe.py: of the recipes it sweeps, the closest to least squares after

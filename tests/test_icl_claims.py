@@ -149,7 +149,7 @@ def test_trained_lsa_layer_recovers_one_gd_step(workdir):
 
 @pytest.mark.parametrize("key, value", [
     ("model.name", "mlp"), ("model.encoding", "stacked"), ("data.loss_on", "first"),
-    ("eval.claims", ("telepathy",)), ("model.lsa.num_layers", 0)])
+    ("eval.claims", ("telepathy",)), ("model.lsa.num_layers", 0), ("eval.probe_steps", 0)])
 def test_bad_config_names_the_key(key, value):
   config = experiment_config("icl_lsa", "tiny", **{key: value})
   if key == "model.encoding":

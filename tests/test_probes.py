@@ -82,7 +82,8 @@ def test_probe_report_end_to_end(tiny, tmp_path):
   # Two of the targets: tests/test_notebook.py checks every target's fits (notebooks/icl_probes).
   targets = ("w_ols", "xtx")
   report = probes.probe_report(model, params, untrained, spec, jax.random.key(3), num_prompts=64,
-                               positions=(2, 5), targets=targets, eta=0.5)
+                               positions=(2, 5), targets=targets, eta=0.5, mlp_steps=100)
+  assert report["config"]["mlp"] == {**probes.MLP, "steps": 100}
   records = report["probes"]
   assert len(records) == len(targets) * len(probes.KINDS) * 3 * 2
   keys = {(r["target"], r["kind"], r["layer"], r["k"]) for r in records}

@@ -2,6 +2,7 @@
 
 The multi-process cases run real `substrax-train` processes, 2 CPU devices each, joined by
 jax.distributed on a free localhost port: the same code path as a TPU pod slice or SLURM job.
+The fault cases train the mesa task, the trainer's cheapest complete run (tests/test_integrity.py).
 """
 import os
 import signal
@@ -13,13 +14,14 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ICL_CONFIG, REPO, cli, cli_env, icl_config
+from conftest import ICL_CONFIG, REPO, cli, cli_env, experiment_config, icl_config
 from substrax.data import DataError
 from substrax.data import tfds as tfds_data
 from substrax.train import trainer
 from test_trainer import losses_in_process, train_losses
 
 EXE = os.path.join(os.path.dirname(sys.executable), "substrax-train")
+MESA = ["--config=icl_mesa:tiny", "--config.log_every_steps=1"]
 
 
 def free_port() -> int:
@@ -29,11 +31,12 @@ def free_port() -> int:
 
 
 def launch(workdir, *args, processes=2, devices=2):
-  """Starts `processes` substrax-train processes of one distributed run."""
+  """Starts `processes` substrax-train processes of one distributed run; args start with the
+  config."""
   port = free_port()
   env = cli_env(devices, {"JAX_PLATFORMS": "cpu"})
   return [subprocess.Popen(
-      [EXE, f"--config={ICL_CONFIG}:tiny", f"--workdir={workdir}", *args,
+      [EXE, *args, f"--workdir={workdir}",
        "--config.distributed.enabled=True",
        f"--config.distributed.coordinator_address=127.0.0.1:{port}",
        "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}"],
@@ -49,7 +52,8 @@ def finish(procs, timeout=240):
 def test_two_processes_equal_one_and_restore_on_one_device(tmp_path, tiny_run):
   # Checkpoints go to a separate directory, as to gs://bucket/... on a pod.
   workdir, bucket = str(tmp_path / "run"), str(tmp_path / "bucket" / "ckpt")
-  codes, errs = finish(launch(workdir, f"--config.checkpoint.directory={bucket}"))
+  codes, errs = finish(launch(workdir, f"--config={ICL_CONFIG}:tiny",
+                              f"--config.checkpoint.directory={bucket}"))
   assert codes == [0, 0], errs[0][-3000:] + errs[1][-3000:]
   losses = np.array([loss for _, loss in train_losses(workdir)])
   assert len(losses) == 20   # process 0 alone wrote the metrics
@@ -70,7 +74,9 @@ def test_two_processes_equal_one_and_restore_on_one_device(tmp_path, tiny_run):
 
 def test_sigterm_to_one_process_saves_on_both_and_the_rerun_resumes(tmp_path):
   workdir = str(tmp_path / "run")
-  steps = ["--config.num_steps=80", "--config.checkpoint.every_steps=1000"]
+  # Mesa steps take milliseconds: 1000 of them leave the signal, sent at step 30 and handled
+  # some 20-90 steps later on two busy cores, far from the end of the run.
+  steps = [*MESA, "--config.num_steps=1000", "--config.checkpoint.every_steps=1000"]
   procs = launch(workdir, *steps)
   metrics = os.path.join(workdir, "metrics.jsonl")
   deadline = time.time() + 180
@@ -82,16 +88,15 @@ def test_sigterm_to_one_process_saves_on_both_and_the_rerun_resumes(tmp_path):
   codes, errs = finish(procs)
   assert codes == [143, 143], errs[0][-3000:] + errs[1][-3000:]
   stopped = int(errs[0].split("saved a checkpoint at step ")[1].split(";")[0])
-  assert 30 <= stopped < 80
+  assert 30 <= stopped < 1000
   assert f"saved a checkpoint at step {stopped}" in errs[1]
   state_dir = os.path.join(workdir, "checkpoints", str(stopped), "state")
   assert os.path.exists(os.path.join(state_dir, "commit_success.txt"))
 
-  run = cli("substrax-train", f"--config={ICL_CONFIG}:tiny", f"--workdir={workdir}", *steps,
-            devices=4)
+  run = cli("substrax-train", *steps, f"--workdir={workdir}", devices=4)
   assert run.returncode == 0, run.stderr
   assert f"resuming from the checkpoint at step {stopped}" in run.stderr
-  assert [s for s, _ in train_losses(workdir)][-1] == 80
+  assert [s for s, _ in train_losses(workdir)][-1] == 1000
 
 
 # Runs substrax-train with CheckpointManager.save patched to SIGKILL the process right after
@@ -114,7 +119,8 @@ main.run_train()
 
 def test_killed_save_and_truncated_checkpoint_fall_back_to_complete_ones(tmp_path):
   workdir, ckpt = str(tmp_path / "run"), str(tmp_path / "run" / "checkpoints")
-  args = [f"--config={ICL_CONFIG}:tiny", f"--workdir={workdir}", "--config.num_steps=30"]
+  args = [f"--workdir={workdir}", *MESA, "--config.checkpoint.every_steps=10",
+          "--config.num_steps=30"]
   env = cli_env(1, {"KILL_AT": "20"})
   killed = subprocess.run([sys.executable, "-c", KILLER, *args], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=240)
@@ -125,7 +131,7 @@ def test_killed_save_and_truncated_checkpoint_fall_back_to_complete_ones(tmp_pat
   assert resumed.returncode == 0, resumed.stderr
   assert "ignoring the incomplete checkpoint" in resumed.stderr
   assert "resuming from the checkpoint at step 10" in resumed.stderr
-  reference = losses_in_process(icl_config("tiny", num_steps=30), 30)
+  reference = losses_in_process(experiment_config("icl_mesa", num_steps=30), 30)
   after = [(s, loss) for s, loss in train_losses(workdir) if s > 10]
   assert [s for s, _ in after] == list(range(11, 31))   # the log was rewound to step 10
   np.testing.assert_allclose([loss for _, loss in after], reference[10:], rtol=1e-5)
@@ -136,7 +142,7 @@ def test_killed_save_and_truncated_checkpoint_fall_back_to_complete_ones(tmp_pat
       path = os.path.join(root, name)
       with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) // 2)
-  again = cli("substrax-train", *args[:2], "--config.num_steps=40")
+  again = cli("substrax-train", *args[:-1], "--config.num_steps=40")
   assert again.returncode == 0, again.stderr
   assert "checkpoints/30 is unreadable" in again.stderr and "warning" in again.stderr
   assert "resuming from the checkpoint at step 20" in again.stderr

@@ -213,13 +213,14 @@ def fit_mlp_probe(f_train, y_train, f_test, y_test, key, *, hidden=MLP["hidden"]
 # Report
 
 def probe_report(model, params, untrained_params, spec: icl.Spec, key, *, num_prompts: int,
-                 positions, targets=TARGETS, eta: float, w=None) -> dict:
+                 positions, targets=TARGETS, eta: float, w=None,
+                 mlp_steps: int = MLP["steps"]) -> dict:
   """Probes every layer at tokens 2k (k in positions, 1 <= k < n) for each target and probe kind.
 
   Prompts are icl.sample(spec, key, num_prompts); w [num_prompts, d] are their task vectors, or
   None to recover them by least squares (noiseless linear data). The last TEST_FRACTION of the
-  prompts is held out. Returns JSON-ready {'config': ..., 'probes': [one record per target,
-  kind, layer and k]}.
+  prompts is held out; each MLP probe takes mlp_steps Adam steps, early-stopped within them.
+  Returns JSON-ready {'config': ..., 'probes': [one record per target, kind, layer and k]}.
   """
   positions, targets = [int(k) for k in positions], list(targets)
   if not all(1 <= k < spec.n_points for k in positions):
@@ -249,7 +250,7 @@ def probe_report(model, params, untrained_params, spec: icl.Spec, key, *, num_pr
       y_train, y_test = values[name][:n_train], values[name][n_train:]
       y_train = jnp.stack([y_train, y_train, y_train[perm]])[:, None]
       fits = {"linear": fit_linear_probe(f_train, y_train, f_test, y_test),
-              "mlp": fit_mlp_probe(f_train, y_train, f_test, y_test, k_mlp)}
+              "mlp": fit_mlp_probe(f_train, y_train, f_test, y_test, k_mlp, steps=mlp_steps)}
       for kind, fit in fits.items():
         r2, per_target = np.asarray(fit["r2"]), np.asarray(fit["r2_per_target"])
         for layer in range(r2.shape[1]):
@@ -261,7 +262,7 @@ def probe_report(model, params, untrained_params, spec: icl.Spec, key, *, num_pr
   config = {"spec": dataclasses.asdict(spec), "num_prompts": num_prompts, "num_train": n_train,
             "num_test": num_prompts - n_train, "positions": positions, "targets": targets,
             "eta": eta, "layers": int(feats.shape[1]), "w_given": w_given,
-            "mlp": dict(MLP), "ridge_alphas": RIDGE_ALPHAS.tolist()}
+            "mlp": dict(MLP, steps=mlp_steps), "ridge_alphas": RIDGE_ALPHAS.tolist()}
   return {"config": config, "probes": records}
 
 

@@ -94,6 +94,7 @@ def validate(config):
   require("ood" not in e.claims or not (d.function_class == "linear_classification"
                                         or d.n_dims < 2), "eval.claims",
           "the OOD suite scores squared error with n_dims >= 2")
+  require(e.probe_steps > 0, "eval.probe_steps", f"must be positive, got {e.probe_steps}")
   require(e.num_prompts > 0 and e.batch_size > 0, "eval.num_prompts/batch_size",
           f"must be positive, got {e.num_prompts}, {e.batch_size}")
   require(1 <= e.knn_k <= d.n_points, "eval.knn_k", f"must be in [1, n_points], got {e.knn_k}")
