@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ICL_CONFIG, REPO, cli, cli_env, icl_config
+from conftest import ICL_CONFIG, REPO, cli, cli_env, experiment_config, icl_config
 from substrax.train import checkpointing, trainer
 from substrax.train.metrics import read_jsonl
 
@@ -51,7 +51,9 @@ def test_one_device_equals_eight_devices_on_every_mesh(tiny_run):
 
 
 def test_sigterm_then_resume_is_exact(tmp_path):
-  args = [f"--config={ICL_CONFIG}:tiny", "--config.num_steps=120",
+  # The mesa task: the trainer's cheapest complete run (tests/test_integrity.py), whose steps
+  # take milliseconds; 400 of them leave the signal far from the end of the run.
+  args = ["--config=icl_mesa:tiny", "--config.num_steps=400", "--config.log_every_steps=1",
           "--config.checkpoint.every_steps=50"]
   full, interrupted = str(tmp_path / "full"), str(tmp_path / "interrupted")
   env = cli_env(1)
@@ -68,7 +70,7 @@ def test_sigterm_then_resume_is_exact(tmp_path):
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 143, err
   stopped_at = train_losses(interrupted)[-1][0]
-  assert 30 <= stopped_at < 120
+  assert 30 <= stopped_at < 400
   assert f"saved a checkpoint at step {stopped_at}" in err
 
   resumed = cli("substrax-train", *args, f"--workdir={interrupted}")
@@ -77,9 +79,9 @@ def test_sigterm_then_resume_is_exact(tmp_path):
   assert cli("substrax-train", *args, f"--workdir={full}").returncode == 0
 
   assert train_losses(interrupted) == train_losses(full)
-  config = icl_config("tiny", num_steps=120)
+  config = experiment_config("icl_mesa", num_steps=400)
   (s1, a), (s2, b) = restore_latest(config, interrupted), restore_latest(config, full)
-  assert s1 == s2 == 120
+  assert s1 == s2 == 400
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
