@@ -6,6 +6,7 @@ import pytest
 
 from conftest import ICL_CONFIG, cli, icl_config
 from substrax.train import trainer, validation
+from substrax.train.analysis import reporting
 from substrax.train.metrics import read_jsonl
 
 
@@ -33,12 +34,29 @@ def test_train_writes_config_metrics_tensorboard_and_eval(tiny_run):
 def test_eval_reloads_the_newest_checkpoint(tiny_run):
   workdir, _ = tiny_run
   before = json.load(open(os.path.join(workdir, "eval", "icl_linear.json")))
-  run = cli("substrax-eval", f"--config={ICL_CONFIG}:tiny", f"--workdir={workdir}")
+  figure = os.path.join(workdir, "eval", "icl_linear.png")
+  drawn = os.path.getmtime(figure)
+  # Without figures: the JSON is rewritten, the training run's figure is left as it was.
+  run = cli("substrax-eval", f"--config={ICL_CONFIG}:tiny", "--config.plots=False",
+            f"--workdir={workdir}")
   assert run.returncode == 0, run.stderr
+  assert os.path.getmtime(figure) == drawn
   after = json.load(open(os.path.join(workdir, "eval", "icl_linear.json")))
   assert after["step"] == 20
   assert after["models"]["transformer"]["mean"] == pytest.approx(
       before["models"]["transformer"]["mean"], rel=1e-5)
+
+
+def test_plots_off_skips_the_figures_drawn_inside_the_block_only(tmp_path):
+  curves = {"a": {"mean": [1.0, 2.0], "ci95": [[0.5, 1.5], [1.5, 2.5]]}}
+  draw = lambda name: reporting.plot_curves(str(tmp_path / name), [1, 2], curves, xlabel="k",
+                                            ylabel="error", title=name)
+  with reporting.plots(False):
+    draw("off.png")
+    with reporting.plots(True):
+      draw("on_inside.png")
+  draw("on.png")
+  assert sorted(os.listdir(tmp_path)) == ["on.png", "on_inside.png"]
 
 
 def test_inspect_counts_parameters_and_flops():

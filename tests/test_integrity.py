@@ -21,10 +21,12 @@ from conftest import cli
 from substrax.train.metrics import read_jsonl
 
 # The mesa task trains and evaluates in seconds: the cheapest complete run of the trainer.
+# Without figures (about 1 s of each process), which only two tests here draw.
 MESA = ["--config=icl_mesa:tiny", "--config.num_steps=20", "--config.checkpoint.every_steps=10",
-        "--config.log_every_steps=1", "--config.eval_every_steps=10"]
+        "--config.log_every_steps=1", "--config.eval_every_steps=10", "--config.plots=False"]
 LONG = ["--config=icl_mesa:tiny", "--config.num_steps=1000000",
-        "--config.checkpoint.every_steps=1000000", "--config.log_every_steps=1"]
+        "--config.checkpoint.every_steps=1000000", "--config.log_every_steps=1",
+        "--config.plots=False"]
 
 
 def lines(run) -> list[str]:
@@ -157,10 +159,12 @@ def test_num_steps_only_grows_and_eval_reports_the_checkpoint_step(run_dir):
 
 
 def test_resume_may_change_length_cadence_and_layout(run_dir):
+  assert os.listdir(os.path.join(run_dir, "eval")) == ["mesa.json"]   # trained without plots
   run = cli("substrax-train", *MESA, "--config.num_steps=30", "--config.log_every_steps=5",
-            "--config.checkpoint.keep=5", "--config.parallelism=fsdp", f"--workdir={run_dir}",
-            devices=2)
+            "--config.checkpoint.keep=5", "--config.parallelism=fsdp", "--config.plots=True",
+            f"--workdir={run_dir}", devices=2)
   assert run.returncode == 0, run.stderr
+  assert sorted(os.listdir(os.path.join(run_dir, "eval"))) == ["mesa.json", "mesa.png"]
   assert lines(run) == [f"substrax: resuming from the checkpoint at step 20 in "
                         f"{run_dir}/checkpoints"]
   assert steps(run_dir) == list(range(1, 21)) + [25, 30]
@@ -390,7 +394,7 @@ def test_full_disk_during_the_evaluation_plot_is_one_line(tmp_path):
   workdir = tmp_path / "run"
   # The JSON fits, the PNG does not.
   with tmpfs(str(workdir / "eval"), 8):
-    run = cli("substrax-train", *MESA, f"--workdir={workdir}")
+    run = cli("substrax-train", *MESA, "--config.plots=True", f"--workdir={workdir}")
     one_line(run, 74, "writing the evaluation of step 20 failed", "No space left on device")
   assert sorted(os.listdir(workdir / "checkpoints")) == ["10", "20"]
 

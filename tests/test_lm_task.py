@@ -65,7 +65,7 @@ def test_a_matformer_sums_its_granularities_and_its_submodels_extract(hmm_run, t
   # The ordinary config runs it: a dense model of 32 units, whose loss is the granularity's.
   evaluated = cli("substrax-eval", "--config=lm_hmm:tiny", "--config.eval.lengths=(16,32)",
                   "--config.model.positions=rope", "--config.model.mlp.hidden=(32,)",
-                  f"--workdir={out}")
+                  "--config.plots=False", f"--workdir={out}")
   assert evaluated.returncode == 0, evaluated.stderr
   sub = json.load(open(os.path.join(out, "eval", "lm.json")))["lengths"][0]
   assert sub["loss_nats"] == pytest.approx(row["granularities"]["4"], abs=1e-5)
@@ -79,8 +79,9 @@ def test_a_matformer_sums_its_granularities_and_its_submodels_extract(hmm_run, t
 
 
 def test_markov_and_text_sources_train(tmp_path):
+  # The reports only: the HMM run (hmm_run) draws the figure.
   run = cli("substrax-train", "--config=lm_markov:tiny", f"--workdir={tmp_path / 'markov'}",
-            "--config.model.norm=rmsnorm", "--config.model.zero_mean=True")
+            "--config.model.norm=rmsnorm", "--config.model.zero_mean=True", "--config.plots=False")
   assert run.returncode == 0, run.stderr
   row = json.load(open(tmp_path / "markov" / "eval" / "lm.json"))["lengths"][0]
   # order 3, p = 0.1, q = 0.2: pi1 = 1/3; targets 1 and 2 are i.i.d., the other 14 have the
@@ -95,7 +96,7 @@ def test_markov_and_text_sources_train(tmp_path):
   for i in range(12):
     (corpus / f"{i:02d}.txt").write_text(f"Document {i}: déjà vu, the quick brown fox. " * 8)
   run = cli("substrax-train", "--config=lm_text:tiny", f"--workdir={tmp_path / 'text'}",
-            f"--config.data.path={corpus}", "--config.model.norm=crmsnorm")
+            f"--config.data.path={corpus}", "--config.model.norm=crmsnorm", "--config.plots=False")
   assert run.returncode == 0, run.stderr
   report = json.load(open(tmp_path / "text" / "eval" / "lm.json"))
   row = report["lengths"][0]

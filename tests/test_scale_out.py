@@ -21,7 +21,7 @@ from substrax.train import trainer
 from test_trainer import losses_in_process, train_losses
 
 EXE = os.path.join(os.path.dirname(sys.executable), "substrax-train")
-MESA = ["--config=icl_mesa:tiny", "--config.log_every_steps=1"]
+MESA = ["--config=icl_mesa:tiny", "--config.log_every_steps=1", "--config.plots=False"]
 
 
 def free_port() -> int:

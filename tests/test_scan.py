@@ -127,7 +127,8 @@ def test_presets_scan_only_deep_gpu_models():
 
 
 # The cheapest complete run with a transformer backbone (an lm run scores 64 short sequences).
-TINY = ["--config=lm_markov:tiny", "--config.model.depth=2", "--config.num_steps=10"]
+TINY = ["--config=lm_markov:tiny", "--config.model.depth=2", "--config.num_steps=10",
+        "--config.plots=False"]
 
 
 def one_line(run, status, *fragments):
@@ -148,8 +149,8 @@ def test_a_rerun_may_change_remat_but_not_scan(tmp_path):
   json.dump(recorded, open(path, "w"))
   one_line(cli("substrax-train", *TINY, "--config.model.scan=True", f"--workdir={workdir}"), 2,
            "model.scan: false in the run, true now (the checkpoints store one stacked 'blocks'")
-  run = cli("substrax-train", *TINY[:2], "--config.num_steps=12", "--config.model.remat=full",
-            f"--workdir={workdir}")
+  run = cli("substrax-train", *TINY[:2], "--config.num_steps=12", "--config.plots=False",
+            "--config.model.remat=full", f"--workdir={workdir}")
   assert run.returncode == 0, run.stderr
   assert "resuming from the checkpoint at step 10" in run.stderr
   assert json.load(open(path))["model"]["remat"] == "full"

@@ -54,7 +54,7 @@ def test_sigterm_then_resume_is_exact(tmp_path):
   # The mesa task: the trainer's cheapest complete run (tests/test_integrity.py), whose steps
   # take milliseconds; 400 of them leave the signal far from the end of the run.
   args = ["--config=icl_mesa:tiny", "--config.num_steps=400", "--config.log_every_steps=1",
-          "--config.checkpoint.every_steps=50"]
+          "--config.checkpoint.every_steps=50", "--config.plots=False"]
   full, interrupted = str(tmp_path / "full"), str(tmp_path / "interrupted")
   env = cli_env(1)
   exe = os.path.join(os.path.dirname(sys.executable), "substrax-train")

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from substrax.train import checkpointing, errors, optim, tasks, validation
 from substrax.train import mesh as mesh_lib, step as step_lib, workdir as workdir_lib
+from substrax.train.analysis import reporting
 from substrax.train.errors import NonFiniteLoss, StorageError, Stopped, STORAGE_ERRNOS, reason
 from substrax.train.metrics import MetricWriter
 
@@ -163,9 +164,14 @@ def restore_or_init(exp: Experiment, manager) -> tuple[step_lib.TrainState, int]
 
 
 def evaluate(exp: Experiment, state: step_lib.TrainState, workdir: str, step: int):
-  """Runs the task's evaluator. Evaluators read their results on the host, so with several
-  processes the state is gathered to every host, and process 0 alone evaluates it with the task
-  rebuilt on its own devices."""
+  """Runs the task's evaluator, drawing its figures if config.plots. Evaluators read their
+  results on the host, so with several processes the state is gathered to every host, and
+  process 0 alone evaluates it with the task rebuilt on its own devices."""
+  with reporting.plots(exp.config.plots):
+    return _evaluate(exp, state, workdir, step)
+
+
+def _evaluate(exp: Experiment, state: step_lib.TrainState, workdir: str, step: int):
   try:
     if jax.process_count() == 1:
       return exp.task.evaluate(state.params, state.model_state, workdir, step)

@@ -19,11 +19,11 @@ CONFIG = "config.json"
 LOCK = "lock"
 
 # What a rerun may change: how long it trains (num_steps, upward only), how often it logs,
-# evaluates and saves, what evaluation measures, where its checkpoints and data live (a new
+# evaluates and saves, what evaluation measures and whether it draws figures, where its checkpoints and data live (a new
 # checkpoint.directory must hold the moved checkpoints), on how many devices it runs, and what
 # the backward pass recomputes (remat: the same parameters and function).
 # Anything else (task, data, model, loss, optimizer, seed) is another experiment.
-RESUMABLE = ("num_steps", "log_every_steps", "eval_every_steps", "progress_bar", "eval",
+RESUMABLE = ("num_steps", "log_every_steps", "eval_every_steps", "progress_bar", "plots", "eval",
              "checkpoint.every_steps", "checkpoint.keep", "checkpoint.directory",
              "data.cache_dir", "data.data_dir",
              "parallelism", "mesh_shape", "logical_axis_rules", "distributed",

@@ -133,6 +133,7 @@ def format_gd_alignment(r: dict) -> str:
   return "\n".join(lines)
 
 
+@reporting.plot
 def plot_gd_alignment(path: str, r: dict, pred, gd_pred):
   fig = reporting.figure(figsize=(12, 3.6), dpi=110)
   ax = fig.add_subplot(1, 3, 1)
@@ -220,6 +221,7 @@ def format_algorithms(r: dict) -> str:
           + reporting.format_table(cols, rows, first="algorithm"))
 
 
+@reporting.plot
 def plot_algorithms(path: str, r: dict):
   fig = reporting.figure(figsize=(10, 3.6), dpi=110)
   for i, metric in enumerate(("spd", "ilwd")):
@@ -305,6 +307,7 @@ def format_uncertainty(r: dict) -> str:
           + f"\ninterval coverage (k >= 1): {cov}")
 
 
+@reporting.plot
 def plot_uncertainty(path: str, r: dict):
   fig = reporting.figure(figsize=(10, 3.6), dpi=110)
   ax = fig.add_subplot(1, 2, 1)
@@ -380,6 +383,7 @@ def format_martingale(r: dict) -> str:
           + reporting.format_table([f"k={k}" for k in shown], rows, first=""))
 
 
+@reporting.plot
 def plot_martingale(path: str, r: dict):
   fig = reporting.figure(figsize=(10, 3.6), dpi=110)
   for i, metric in enumerate(("martingale_gap", "order_variance")):
@@ -433,6 +437,7 @@ def format_selection(r: dict) -> str:
           + reporting.format_table([f"k={k}" for k in shown], rows, first=""))
 
 
+@reporting.plot
 def plot_selection(path: str, r: dict):
   fams = list(r["families"])
   fig = reporting.figure(figsize=(4 * len(fams), 3.6), dpi=110)

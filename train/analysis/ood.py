@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from substrax.data import icl
-from substrax.train.analysis.reporting import bootstrap_mean, figure
+from substrax.train.analysis.reporting import bootstrap_mean, figure, plot
 
 SETTINGS = ("standard", "skewed", "noisy_y", "scale_x_0.5", "scale_x_2", "scale_x_3",
             "orthogonal_query", "query_in_span", "half_subspace", "orthants")
@@ -171,6 +171,7 @@ def format_ood_table(report: dict) -> str:
   return "\n".join(lines)
 
 
+@plot
 def plot_ood(path: str, report: dict):
   """Grouped bars with 95% intervals: settings across, one bar per predictor; k = n-1 and k = d."""
   settings = list(report["settings"])

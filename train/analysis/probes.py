@@ -20,7 +20,7 @@ import optax
 
 from substrax.data import icl
 from substrax.models.transformer import Block
-from substrax.train.analysis.reporting import figure
+from substrax.train.analysis.reporting import figure, plot
 
 TARGETS = ("w", "xty", "xtx", "w_ols", "w_gd")
 KINDS = ("linear", "mlp")
@@ -287,6 +287,7 @@ def format_probe_table(report, k: int | None = None) -> str:
   return "\n".join(lines)
 
 
+@plot
 def plot_probes(path: str, report, k: int | None = None):
   """R^2 against layer at position k, one panel per target: each probe kind on the trained
   model (solid), the untrained model (dashed) and shuffled targets (dotted)."""

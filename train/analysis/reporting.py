@@ -1,8 +1,33 @@
 """Shared pieces of evaluators: bootstrap intervals, JSON, curve plots and console tables."""
+import contextlib
+import contextvars
+import functools
 import json
 import os
 
 import numpy as np
+
+_PLOTS = contextvars.ContextVar("plots", default=True)
+
+
+@contextlib.contextmanager
+def plots(enabled: bool):
+  """Inside it, the functions marked @plot draw only if `enabled` (the trainer's evaluations
+  run inside it with config.plots)."""
+  token = _PLOTS.set(enabled)
+  try:
+    yield
+  finally:
+    _PLOTS.reset(token)
+
+
+def plot(draw):
+  """Marks a function that draws a figure into a file: where plots are off (see `plots`) it
+  returns None without drawing, and a process that never draws never imports matplotlib."""
+  @functools.wraps(draw)
+  def maybe_draw(*args, **kwargs):
+    return draw(*args, **kwargs) if _PLOTS.get() else None
+  return maybe_draw
 
 
 def figure(**kwargs):
@@ -48,6 +73,7 @@ def read_json(path: str) -> dict:
     return json.load(f)
 
 
+@plot
 def plot_curves(path: str, x, curves: dict, *, xlabel: str, ylabel: str, title: str,
                 highlight: str | None = None, ylim=None):
   """One line per entry of curves {name: {'mean': [...], 'ci95': [[lo, hi], ...]}} with bands."""
@@ -81,6 +107,7 @@ def format_table(columns, rows: dict, *, first: str = "model") -> str:
   return "\n".join(lines)
 
 
+@plot
 def plot_confusion(path: str, confusion: np.ndarray, *, title: str):
   """Row-normalised confusion matrix (true class down, predicted class across)."""
   rates = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)

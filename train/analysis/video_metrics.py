@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from substrax.train.analysis.reporting import bootstrap_mean, figure
+from substrax.train.analysis.reporting import bootstrap_mean, figure, plot
 
 SSIM_VARIANTS = ("gaussian", "uniform7", "box3")
 # Floor on the per-frame MSE inside PSNR, so a perfect frame scores 100 dB rather than inf.
@@ -341,6 +341,7 @@ def rollout_report(target, predictions: dict, *,
 # ---------------------------------------------------------------------------------- plots
 
 
+@plot
 def plot_rollout_curves(path: str, report: dict, metrics=("mse_px", "ssim_gaussian"), *,
                         title: str = ""):
   """One panel per metric: per-step mean with 95 % band per predictor, trivial ones dashed."""
@@ -364,6 +365,7 @@ def plot_rollout_curves(path: str, report: dict, metrics=("mse_px", "ssim_gaussi
   fig.savefig(path, bbox_inches="tight")   # keeps the outside legend whole
 
 
+@plot
 def plot_frame_strip(path: str, context, target, rollouts: dict, max_frames: int = 10):
   """One sequence as a grid: rows context, ground truth, then each rollout; frames [T, H, W, C].
 

@@ -212,6 +212,7 @@ def _curve(workdir) -> dict:
   return {"step": [r["step"] for r in records], "loss": [r["loss"] for r in records]}
 
 
+@reporting.plot
 def plot(path: str, r: dict):
   fig = reporting.figure(figsize=(6.4, 4.2), dpi=120)
   ax = fig.subplots()
@@ -495,6 +496,7 @@ def _exact_curve(workdir) -> dict:
                     for k in (records[0] if records else {}) if k.startswith("exact_n")}}
 
 
+@reporting.plot
 def plot_exact(path: str, r: dict):
   fig = reporting.figure(figsize=(6.4, 4.2), dpi=120)
   ax = fig.subplots()

@@ -203,6 +203,7 @@ def build(config) -> Task:
               loss_fn=loss_fn, eval_data=held_out, eval_step=eval_step, evaluate=evaluate)
 
 
+@reporting.plot
 def plot(path: str, r: dict):
   fig = reporting.figure(figsize=(11, 4.2), dpi=120)
   left, right = fig.subplots(1, 2)

@@ -168,6 +168,7 @@ def build(config) -> Task:
               evaluate=evaluate)
 
 
+@reporting.plot
 def plot(path: str, r: dict):
   fig = reporting.figure(figsize=(6.4, 4.2), dpi=120)
   ax = fig.subplots()
