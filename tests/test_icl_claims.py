@@ -147,6 +147,14 @@ def test_trained_lsa_layer_recovers_one_gd_step(workdir):
   assert r["loss"]["model"] < 1.02 * r["loss"]["preconditioned_gd_optimal"]
 
 
+def test_a_config_recorded_before_probe_steps_and_plots_still_validates():
+  # benchmarks/compression_table.py rebuilds a run's config from its config.json.
+  config = experiment_config("icl_linear", "tiny", **{"eval.claims": ("probes",)})
+  del config.eval["probe_steps"]
+  del config["plots"]
+  trainer.validate(config)
+
+
 @pytest.mark.parametrize("key, value", [
     ("model.name", "mlp"), ("model.encoding", "stacked"), ("data.loss_on", "first"),
     ("eval.claims", ("telepathy",)), ("model.lsa.num_layers", 0), ("eval.probe_steps", 0)])

@@ -167,7 +167,7 @@ def evaluate(exp: Experiment, state: step_lib.TrainState, workdir: str, step: in
   """Runs the task's evaluator, drawing its figures if config.plots. Evaluators read their
   results on the host, so with several processes the state is gathered to every host, and
   process 0 alone evaluates it with the task rebuilt on its own devices."""
-  with reporting.plots(exp.config.plots):
+  with reporting.plots(exp.config.get("plots", True)):   # absent from older runs' config.json
     return _evaluate(exp, state, workdir, step)
 
 

@@ -488,7 +488,7 @@ def compute_probes(key, *, model, params, init_params, spec, eval_config, **_):
   return probes.probe_report(model, params, init_params(jax.random.fold_in(key, 1)), spec, key,
                              num_prompts=eval_config.claim_prompts,
                              positions=probe_positions(spec), targets=targets, eta=1.0,
-                             mlp_steps=eval_config.probe_steps), ()
+                             mlp_steps=eval_config.get("probe_steps", probes.MLP["steps"])), ()
 
 
 def format_probes(report) -> str:

@@ -13,7 +13,7 @@ from substrax.data import icl as icl_data
 from substrax.models import attention, baselines, transformer
 from substrax.models import icl as icl_models
 from substrax.train import matformer, mesh as mesh_lib
-from substrax.train.analysis import icl_claims, reporting
+from substrax.train.analysis import icl_claims, probes, reporting
 from substrax.train.tasks import Task
 from substrax.train.validation import check_backbone, require
 
@@ -94,7 +94,8 @@ def validate(config):
   require("ood" not in e.claims or not (d.function_class == "linear_classification"
                                         or d.n_dims < 2), "eval.claims",
           "the OOD suite scores squared error with n_dims >= 2")
-  require(e.probe_steps > 0, "eval.probe_steps", f"must be positive, got {e.probe_steps}")
+  probe_steps = e.get("probe_steps", probes.MLP["steps"])   # absent from older runs' config.json
+  require(probe_steps > 0, "eval.probe_steps", f"must be positive, got {probe_steps}")
   require(e.num_prompts > 0 and e.batch_size > 0, "eval.num_prompts/batch_size",
           f"must be positive, got {e.num_prompts}, {e.batch_size}")
   require(1 <= e.knn_k <= d.n_points, "eval.knn_k", f"must be in [1, n_points], got {e.knn_k}")
