@@ -106,7 +106,8 @@ def test_linucb_regret_is_far_below_uniform_play():
 def test_cholesky_matches_lapack():
   g = np.random.default_rng(0).normal(size=(6, 6))
   m = g @ g.T + 0.1 * np.eye(6)
-  np.testing.assert_allclose(bandits.cholesky(m), np.linalg.cholesky(m), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(jax.jit(bandits.cholesky)(m), np.linalg.cholesky(m), rtol=1e-4,
+                             atol=1e-5)
 
 
 def test_episodes_are_reproducible_and_off_policy_labels_are_the_experts_choice():
@@ -120,14 +121,15 @@ def test_episodes_are_reproducible_and_off_policy_labels_are_the_experts_choice(
   # is the recorded label (the rollout's step keys: LinUCB uses its key only at t = 0).
   arms = np.asarray(off["arms"])
   keys = jax.random.split(jax.random.split(jax.random.key(1), 3)[2], 64)
+  act, update = jax.jit(bandits.act, static_argnums=(0, 1)), jax.jit(bandits.update)
   for i in range(2):
     stats = bandits.init_stats(spec)
     for t in range(spec.horizon):
       k_policy = jax.random.split(jax.random.fold_in(keys[i], t), 3)[0]
-      label = bandits.act("linucb", spec, stats, arms[i], k_policy)
+      label = act("linucb", spec, stats, arms[i], k_policy)
       assert int(label) == int(off["labels"][i, t]), (i, t)
       a_t = int(off["actions"][i, t])
-      stats = bandits.update(stats, arms[i, a_t], a_t, off["rewards"][i, t])
+      stats = update(stats, arms[i, a_t], a_t, off["rewards"][i, t])
   agree = np.asarray(off["labels"])[:, 1:] == np.asarray(off["actions"])[:, 1:]
   assert 0.03 < agree.mean() < 0.25        # uniform play hits LinUCB's choice 1 time in 10
 
@@ -142,7 +144,7 @@ def test_relu_learner_is_causal():
          "actions": jax.random.randint(k_actions, (2, 12), 0, 10),
          "rewards": jax.random.normal(k_rewards, (2, 12))}
   args = run["arms"], run["actions"], run["rewards"]
-  params = model.init(jax.random.key(1), *args)
+  params = jax.jit(model.init)(jax.random.key(1), *args)
   apply = jax.jit(model.apply)
   logits = apply(params, *args)
   changed = apply(params, run["arms"], run["actions"].at[:, 7:].set(0),
@@ -245,8 +247,8 @@ def test_darkroom_experts():
   regret = {x: np.asarray(episodes.regret(darkroom, spec, x, goals, keys))
             for x in darkroom.EXPERTS}
   assert (regret["optimal"] == 0).all()
-  run = jax.vmap(lambda g, k: darkroom.rollout(spec, g, k, darkroom.expert_policy(
-      "sweep", spec, g))[0])(goals, keys)
+  run = jax.jit(jax.vmap(lambda g, k: darkroom.rollout(spec, g, k, darkroom.expert_policy(
+      "sweep", spec, g))[0]))(goals, keys)
   rewards = np.asarray(run["rewards"])
   first = rewards.argmax(1)
   assert rewards.max(1).all() and (first <= 15).all()
@@ -271,18 +273,19 @@ def test_darkroom_runs_through_the_task():
   task = bandit.build(config)
   np.testing.assert_array_equal(np.asarray(task.eval_data["targets"]),
                                 np.asarray(task.eval_data["optimal"]))
-  params = flax.linen.meta.unbox(task.model.init(jax.random.key(0), *task.init_inputs))["params"]
+  params = flax.linen.meta.unbox(jax.jit(task.model.init)(jax.random.key(0),
+                                                            *task.init_inputs))["params"]
   batch = task.sample_batch(task.train_data, jax.random.key(1), 0)
-  loss, _ = task.loss_fn(params, {}, batch, 0)
+  loss, _ = jax.jit(task.loss_fn)(params, {}, batch, 0)
   assert abs(float(loss) - np.log(darkroom.ACTIONS)) < 0.2   # near uniform at initialisation
-  assert set(task.eval_step(params, {}, task.eval_data, 0)) == {"loss", "agreement",
-                                                                "optimal_rate"}
+  assert set(jax.jit(task.eval_step)(params, {}, task.eval_data, 0)) == {
+      "loss", "agreement", "optimal_rate"}
   # Acting, the model's choice at step t is its argmax at token t of the finished episode:
   # the policy reads the right token and a history that holds what happened before t.
   spec, variables = darkroom.Spec.from_config(config.data), {"params": params}
   env = {"goal": jnp.array([2, 1])}
   policy = bandit.model_policy(config.data, task.model, variables, env, greedy=True)
   episode, _ = jax.jit(lambda: darkroom.rollout(spec, env, jax.random.key(4), policy))()
-  logits = task.model.apply(variables, *bandit.model_args(
+  logits = jax.jit(task.model.apply)(variables, *bandit.model_args(
       config.data, jax.tree.map(lambda x: x[None], episode)))
   np.testing.assert_array_equal(np.asarray(episode["labels"]), np.asarray(logits[0].argmax(-1)))

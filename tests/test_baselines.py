@@ -11,7 +11,8 @@ D, N, PROMPTS = 5, 16, 20000
 
 @pytest.fixture(scope="module")
 def prompts():
-  b = icl.sample(icl.Spec("linear", D, N), jax.random.key(0), PROMPTS)
+  b = jax.jit(icl.sample, static_argnums=(0, 2))(icl.Spec("linear", D, N), jax.random.key(0),
+                                                  PROMPTS)
   return b["xs"], b["ys"]
 
 
@@ -58,11 +59,13 @@ def test_every_baseline_predicts_zero_without_context_and_uses_only_the_prefix(p
 
 def test_ridge_and_lasso_approach_least_squares_as_regularisation_vanishes(prompts):
   xs, ys = prompts[0][:256], prompts[1][:256]
-  ls = baselines.least_squares(xs, ys)
+  ls = jax.jit(baselines.least_squares)(xs, ys)
   # float32 solves of the barely determined prefixes agree to about 1e-3 relative; the exact
   # rounding depends on the compiled code (measured 2.3e-4 at LLVM -O0, see conftest.py).
-  np.testing.assert_allclose(baselines.ridge(xs, ys, 1e-6)[:, D + 1:], ls[:, D + 1:],
+  np.testing.assert_allclose(jax.jit(baselines.ridge)(xs, ys, 1e-6)[:, D + 1:], ls[:, D + 1:],
                              rtol=1e-3, atol=1e-3)
+  # The Lasso stays eager: its FISTA loop runs as one compiled scan either way, and jitted it
+  # measured no faster.
   np.testing.assert_allclose(baselines.lasso(xs, ys, 1e-6, iters=3000)[:, D + 2:],
                              ls[:, D + 2:], atol=2e-2)
 
@@ -70,6 +73,6 @@ def test_ridge_and_lasso_approach_least_squares_as_regularisation_vanishes(promp
 def test_knn_averages_the_nearest_earlier_points():
   xs = np.array([[[0.0], [10.0], [1.0], [0.2]]], np.float32)
   ys = np.array([[1.0, 2.0, 3.0, 4.0]], np.float32)
-  pred = np.asarray(baselines.knn(xs, ys, 2))
+  pred = np.asarray(jax.jit(baselines.knn, static_argnums=2)(xs, ys, 2))
   # query 3 (x=0.2): nearest earlier points are x=0 (y=1) and x=1 (y=3).
   np.testing.assert_allclose(pred[0], [0.0, 1.0, 1.5, 2.0])

@@ -17,10 +17,13 @@ from substrax.train import trainer
 from substrax.train.analysis import icl_claims
 from substrax.train.errors import ConfigError
 
+# One compiled program each, instead of an eager op (and its compilation) per array op.
+sample = jax.jit(icl_data.sample, static_argnums=(0, 2))
+
 
 def prompts(d=4, n=9, batch=6, seed=0, **spec_kw):
   spec = icl_data.Spec("linear", d, n, **spec_kw)
-  return spec, icl_data.sample(spec, jax.random.key(seed), batch)
+  return spec, sample(spec, jax.random.key(seed), batch)
 
 
 def prefix_gd(xs, ys, eta, steps, gamma=0.0):
@@ -49,24 +52,31 @@ def test_constructed_lsa_runs_gd_on_every_prefix(layers, gamma):
   spec, p = prompts()
   model = LSA(spec.n_dims, num_layers=layers)
   params = gd_weights(spec.n_dims, 0.3, num_layers=layers, gamma=gamma)
-  got = model.apply({"params": params}, p["xs"], p["ys"])
+  apply = jax.jit(model.apply, static_argnames="method")
+  got = apply({"params": params}, p["xs"], p["ys"])
   np.testing.assert_allclose(got, prefix_gd(p["xs"], p["ys"], 0.3, layers, gamma), atol=1e-4)
-  last = model.apply({"params": params}, p["xs"], p["ys"], method="predict_last")
+  last = apply({"params": params}, p["xs"], p["ys"], method="predict_last")
   np.testing.assert_allclose(last, got[:, -1], atol=1e-5)
 
 
 def test_constructed_preconditioned_step_and_the_gd_baseline():
   spec, p = prompts()
   g = jax.random.normal(jax.random.key(1), (4, 4))
-  got = LSA(4).apply({"params": gd_weights(4, 1.0, preconditioner=g)}, p["xs"], p["ys"])
-  X, Y, mask = baselines._prefixes(p["xs"], p["ys"])
-  m = baselines._moment(X, Y) / jnp.maximum(mask.sum(-1), 1)[None, :, None]
-  np.testing.assert_allclose(got, jnp.einsum("bkd,de,bke->bk", p["xs"], g.T, m), atol=1e-4)
+  apply = jax.jit(LSA(4).apply, static_argnames="method")
+  got = apply({"params": gd_weights(4, 1.0, preconditioner=g)}, p["xs"], p["ys"])
+
+  @jax.jit
+  def preconditioned(xs, ys, g):
+    X, Y, mask = baselines._prefixes(xs, ys)
+    m = baselines._moment(X, Y) / jnp.maximum(mask.sum(-1), 1)[None, :, None]
+    return jnp.einsum("bkd,de,bke->bk", xs, g.T, m)
+  np.testing.assert_allclose(got, preconditioned(p["xs"], p["ys"], g), atol=1e-4)
   # eta = k/(k+d+1) per prefix is the optimal-step baseline; at the last prefix with eta*(n):
   n = spec.n_points - 1
   eta = n / (n + spec.n_dims + 1)
-  last = LSA(4).apply({"params": gd_weights(4, eta)}, p["xs"], p["ys"], method="predict_last")
-  np.testing.assert_allclose(last, baselines.gd_optimal_step(p["xs"], p["ys"])[:, -1], atol=1e-5)
+  last = apply({"params": gd_weights(4, eta)}, p["xs"], p["ys"], method="predict_last")
+  np.testing.assert_allclose(last, jax.jit(baselines.gd_optimal_step)(p["xs"], p["ys"])[:, -1],
+                             atol=1e-5)
 
 
 def test_optimal_preconditioner_closed_forms():
@@ -82,7 +92,7 @@ def test_optimal_preconditioner_closed_forms():
 
 def test_optimal_preconditioner_beats_its_perturbations_by_monte_carlo():
   spec = icl_data.Spec("linear", 3, 9, covariance="spectrum", spectrum=(3.0, 1.0, 0.3))
-  p = icl_data.sample(spec, jax.random.key(3), 200_000)
+  p = sample(spec, jax.random.key(3), 200_000)
   xs, ys = np.asarray(p["xs"], np.float64), np.asarray(p["ys"], np.float64)
   m = np.einsum("pnd,pn->pd", xs[:, :-1], ys[:, :-1]) / 8
   g = icl_claims.optimal_preconditioner(spec)
@@ -122,10 +132,11 @@ def test_encodings_keep_prediction_k_blind_to_y_k_and_later(encoding):
   _, p = prompts(d=3, n=6, batch=2)
   model = ICLTransformer(n_points=6, width=16, depth=2, block=BlockConfig(num_heads=2),
                          encoding=encoding)
-  params = model.init(jax.random.key(0), p["xs"], p["ys"])
-  base = model.apply(params, p["xs"], p["ys"])
+  params = jax.jit(model.init)(jax.random.key(0), p["xs"], p["ys"])
+  apply = jax.jit(model.apply)
+  base = apply(params, p["xs"], p["ys"])
   for k in range(6):
-    moved = model.apply(params, p["xs"], p["ys"].at[:, k].add(5.0))
+    moved = apply(params, p["xs"], p["ys"].at[:, k].add(5.0))
     np.testing.assert_allclose(moved[:, :k + 1], base[:, :k + 1], atol=1e-5)
     if k < 5:
       assert not np.allclose(moved[:, k + 1], base[:, k + 1])
@@ -168,9 +179,9 @@ def test_bad_config_names_the_key(key, value):
 
 def test_bayes_predictive_is_ridge_with_the_prior_and_calibrated():
   spec = icl_data.Spec("noisy_linear", 4, 9, noise_std=0.5)
-  p = icl_data.sample(spec, jax.random.key(4), 4000)
+  p = sample(spec, jax.random.key(4), 4000)
   mean, var = icl_claims.bayes_predictive(p["xs"], p["ys"], 0.25)
-  np.testing.assert_allclose(mean, baselines.ridge(p["xs"], p["ys"], 0.25), atol=1e-4)
+  np.testing.assert_allclose(mean, jax.jit(baselines.ridge)(p["xs"], p["ys"], 0.25), atol=1e-4)
   cov = icl_claims.coverage(np.asarray(p["ys"])[:, 1:], mean[:, 1:], var[:, 1:])
   np.testing.assert_allclose(cov, icl_claims.COVERAGE_LEVELS, atol=0.015)
 

@@ -1,4 +1,5 @@
 """Probes of hidden states: the fitters on synthetic data, the targets by hand, the report."""
+import functools
 import json
 import os
 
@@ -20,8 +21,12 @@ def split(f, y, n_train):
 
 def test_linear_probe_recovers_a_linear_map_and_not_shuffled_targets():
   kf, ka, kp = jax.random.split(jax.random.key(0), 3)
-  f = jax.random.normal(kf, (600, 20)) * jnp.arange(1.0, 21.0) + 3.0   # unstandardised
-  y = f @ jax.random.normal(ka, (20, 4)) + 1.0
+
+  @jax.jit
+  def data(kf, ka):
+    f = jax.random.normal(kf, (600, 20)) * jnp.arange(1.0, 21.0) + 3.0   # unstandardised
+    return f, f @ jax.random.normal(ka, (20, 4)) + 1.0
+  f, y = data(kf, ka)
   f_tr, y_tr, f_te, y_te = split(f, y, 400)
   fit = probes.fit_linear_probe(f_tr, y_tr, f_te, y_te)
   np.testing.assert_allclose(fit["r2_per_target"], 1.0, atol=1e-3)
@@ -50,13 +55,17 @@ def tiny():
 def test_hidden_states_start_at_the_read_in_and_end_before_the_read_out(tiny):
   _, model, params, _, batch = tiny
   xs, ys = batch["xs"], batch["ys"]
-  h = probes.hidden_states(model, params, xs, ys)
+  h = jax.jit(functools.partial(probes.hidden_states, model))(params, xs, ys)
   assert h.shape == (3, 4, 11, 16)
-  read_in = nn.Dense(16).apply({"params": params["read_in"]}, interleave(xs, ys)[:, :-1])
+
+  @jax.jit
+  def by_hand(params, xs, ys, h):
+    read_in = nn.Dense(16).apply({"params": params["read_in"]}, interleave(xs, ys)[:, :-1])
+    final = nn.LayerNorm().apply({"params": params["backbone"]["norm_final"]}, h[-1][:, ::2])
+    return read_in, nn.Dense(1).apply({"params": params["read_out"]}, final)[..., 0]
+  read_in, preds = by_hand(params, xs, ys, h)
   np.testing.assert_allclose(h[0], read_in, atol=1e-6)
-  final = nn.LayerNorm().apply({"params": params["backbone"]["norm_final"]}, h[-1][:, ::2])
-  preds = nn.Dense(1).apply({"params": params["read_out"]}, final)[..., 0]
-  np.testing.assert_allclose(preds, model.apply({"params": params}, xs, ys), atol=1e-5)
+  np.testing.assert_allclose(preds, jax.jit(model.apply)({"params": params}, xs, ys), atol=1e-5)
 
 
 def test_probe_targets_match_hand_computation():

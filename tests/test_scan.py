@@ -3,6 +3,7 @@ function from the same per-layer parameters, remat policies change no loss or gr
 stacked axis shards over no mesh axis, validation refuses layers that are not identical, and a
 run directory keeps its layout (real substrax-train processes)."""
 import dataclasses
+import functools
 import json
 import os
 
@@ -23,6 +24,7 @@ from substrax.train.errors import ConfigError
 DEPTH = 2
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
 def stack(params, prefix="block", name="blocks", depth=DEPTH):
   """An unrolled tree's prefix_0 .. prefix_{depth-1} as one tree with a leading layer axis."""
   out = {k: v for k, v in params.items() if not k.startswith(f"{prefix}_")}
@@ -42,7 +44,7 @@ def test_scanned_transformer_computes_the_unrolled_function_and_gradients():
   mask = jnp.arange(7) < jnp.array([[7], [5]])   # a padded sequence
   target = jax.random.normal(jax.random.key(2), (2, 7, 16))
   unrolled = Transformer(16, DEPTH, 8, block, causal=False)
-  params = nn.unbox(unrolled.init(jax.random.key(0), x, mask))["params"]
+  params = nn.unbox(jax.jit(unrolled.init)(jax.random.key(0), x, mask))["params"]
 
   def loss_and_grads(scan, policy, p):
     model = Transformer(16, DEPTH, 8, dataclasses.replace(block, scan=scan, remat=policy),
@@ -71,7 +73,8 @@ def test_scanned_video_transformer_computes_the_unrolled_function():
     return model.step(jnp.ones_like(z), z)[0]
 
   unrolled = VideoTransformer(**kw)
-  params = nn.unbox(unrolled.init(jax.random.key(0), frames, method=encode_and_step))["params"]
+  init = jax.jit(functools.partial(unrolled.init, method=encode_and_step))
+  params = nn.unbox(init(jax.random.key(0), frames))["params"]
   run = lambda model, p: jax.jit(lambda p: model.apply({"params": p}, frames,
                                                        method=encode_and_step))(p)
   stacked = stack(stack(params), "temporal_block", "temporal_blocks", 2)
