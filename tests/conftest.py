@@ -3,7 +3,7 @@ or SUBSTRAX_TEST_DEVICES. Tests marked `mesh` need the eight (layouts, sharded c
 per-device bytes, a task's evaluation inside the training mesh) and skip with any other
 count. `make test` runs the rest on one device, where a tiny run's program is not partitioned
 eight ways and its checkpoint is not sliced per replica (Orbax compiles one eager slice per
-array shape), then the `mesh` tests on eight: the video, LRA, bandit, ICL-claim, attention,
+array shape), and the `mesh` tests on eight in a second pytest at the same time: the video, LRA, bandit, ICL-claim, attention,
 surgery, probe and LM test files took 296 s at -n 2 on one device (550 s of CPU) and 372 s on
 eight (688 s of CPU).
 
