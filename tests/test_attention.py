@@ -72,8 +72,9 @@ def test_relu_attention_by_hand():
   k = jnp.array([[1., 0.], [-1., 2.], [2., -1.]])
   v = jnp.array([[1., 0.], [0., 2.], [4., 4.]])
   q, k, v = (jnp.stack([t, t])[:, :, None, :] for t in (q, k, v))   # [2, 3, 1, 2]
+  attend = jax.jit(attention.attend, static_argnums=0, static_argnames="causal")
   run = lambda causal, mask=None: np.asarray(
-      attention.attend("relu", q, k, v, causal=causal, mask=mask))[:, :, 0]
+      attend("relu", q, k, v, causal=causal, mask=mask))[:, :, 0]
   np.testing.assert_allclose(run(True)[0], [[1, 0], [0, 2], [5 / 3, 2]], rtol=1e-6)
   np.testing.assert_allclose(run(False)[0], [[3, 8 / 3], [0, 4 / 3], [5 / 3, 2]], rtol=1e-6)
   # Key 1 padded in the first example: it neither contributes (relu(q_2 . k_1) = 1) nor
@@ -124,7 +125,7 @@ def test_favor_error_falls_as_inverse_sqrt_features():
   b, length, h, d = 1, 128, 4, 16
   q, k, v = (0.5 * jax.random.normal(kk, (b, length, h, d))
              for kk in jax.random.split(jax.random.key(6), 3))
-  exact = reference.softmax(q, k, v, causal=False)
+  exact = jax.jit(reference.softmax, static_argnames="causal")(q, k, v, causal=False)
   sizes = np.array([16, 64, 256, 1024])
 
   def error(key, m):
@@ -142,18 +143,25 @@ def test_favor_error_falls_as_inverse_sqrt_features():
 
 
 def test_orthogonal_features_are_orthogonal_within_a_block():
-  omega = linear.orthogonal_features(jax.random.key(7), 40, 16)   # blocks of 16, 16, 8 rows
-  block = omega[:16] / jnp.linalg.norm(omega[:16], axis=1, keepdims=True)
-  np.testing.assert_allclose(block @ block.T, np.eye(16), atol=1e-5)
+  @jax.jit
+  def features_and_gram(key):
+    omega = linear.orthogonal_features(key, 40, 16)   # blocks of 16, 16, 8 rows
+    block = omega[:16] / jnp.linalg.norm(omega[:16], axis=1, keepdims=True)
+    return omega, block @ block.T
+
+  omega, gram = features_and_gram(jax.random.key(7))
+  np.testing.assert_allclose(gram, np.eye(16), atol=1e-5)
   assert omega.shape == (40, 16)
 
 
 @pytest.mark.parametrize("causal", [True, False])
 def test_local_with_full_window_is_softmax(causal):
   q, k, v = (jax.random.normal(kk, (B, 37, H, D)) for kk in jax.random.split(jax.random.key(8), 3))
+  local = jax.jit(softmax.local_attention, static_argnames=("window", "causal", "impl"))
+  exact = jax.jit(reference.softmax, static_argnames="causal")
   for window in (37, 100):
-    ours = softmax.local_attention(q, k, v, window=window, causal=causal, impl="xla")
-    assert rel_err(ours, reference.softmax(q, k, v, causal=causal)) <= 1e-5
+    ours = local(q, k, v, window=window, causal=causal, impl="xla")
+    assert rel_err(ours, exact(q, k, v, causal=causal)) <= 1e-5
 
 
 @pytest.mark.parametrize("kind", [k for k in attention.KINDS

@@ -18,6 +18,7 @@ from substrax.models.kernels import linear, reference
 F32_TOL, BF16_TOL = 1e-5, 2e-2
 
 
+@functools.partial(jax.jit, static_argnums=range(6))
 def _inputs(batch, length, heads, d_k, d_v, dtype, seed=0):
   """Positive feature-mapped q, k (elu + 1), normal v, and the weights w of sum(out * w)."""
   kq, kk, kv, kw = jax.random.split(jax.random.key(seed), 4)
