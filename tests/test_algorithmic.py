@@ -98,7 +98,7 @@ def test_teacher_forced_exact_match_is_greedy_decoding():
   """A random model's own greedy continuation scores exact match 1; the same sequence with one
   answer token changed scores 0, and so does any other answer."""
   model = LanguageModel(algorithmic.VOCAB, 32, 2, 32, BlockConfig(num_heads=2))
-  params = model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))
+  params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))
   task = algorithmic.get("sort")
   tokens, mask = algorithmic.test_set(task, np.random.default_rng(0), 6, 5)
   sep = 7   # BOS, 5 symbols, SEP
@@ -108,12 +108,12 @@ def test_teacher_forced_exact_match_is_greedy_decoding():
   own = tokens.copy()
   own[:, sep:] = algorithmic.PAD
   for t in range(sep - 1, tokens.shape[1] - 1):
-    own[:, t + 1] = np.asarray(jnp.argmax(logits_of(jnp.asarray(own[:, :-1]))[:, t], -1))
+    own[:, t + 1] = np.argmax(np.asarray(logits_of(jnp.asarray(own[:, :-1])))[:, t], -1)
   changed = own.copy()
   changed[:, sep + 2] = (changed[:, sep + 2] + 1) % algorithmic.VOCAB
   for batch in (own, tokens, changed):
-    exact, accuracy = lm.exact_match(logits_of(jnp.asarray(batch[:, :-1])), jnp.asarray(batch),
-                                     jnp.asarray(mask))
+    exact, accuracy = jax.jit(lm.exact_match)(logits_of(jnp.asarray(batch[:, :-1])),
+                                              jnp.asarray(batch), jnp.asarray(mask))
     if batch is own:
       assert np.asarray(exact).all() and np.allclose(accuracy, 1.0)
     elif batch is changed:

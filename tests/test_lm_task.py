@@ -145,9 +145,10 @@ def test_every_causal_kind_is_a_language_model(kind):
   model = LanguageModel(16, 32, 1, 12, BlockConfig(num_heads=2, attention={
       "kind": kind, "impl": "auto", "window": 4, "num_features": 16, "low_rank": 4}))
   tokens = jax.random.randint(jax.random.key(0), (2, 12), 0, 16)
-  params = model.init(jax.random.key(1), tokens)
-  logits = model.apply(params, tokens)
-  changed = model.apply(params, tokens.at[:, 8:].set((tokens[:, 8:] + 1) % 16))
+  params = jax.jit(model.init)(jax.random.key(1), tokens)
+  apply = jax.jit(model.apply)
+  logits = apply(params, tokens)
+  changed = apply(params, tokens.at[:, 8:].set((tokens[:, 8:] + 1) % 16))
   assert np.isfinite(np.asarray(logits)).all()
   np.testing.assert_allclose(changed[:, :8], logits[:, :8], atol=1e-5)
   assert float(jnp.abs(changed[:, 8:] - logits[:, 8:]).max()) > 1e-4
@@ -192,10 +193,10 @@ def test_tokenized_loss_is_every_token_and_the_eos_per_character(kind):
     assert lengths.mean() < 16
   # A head of zeros predicts uniformly over the dictionary and EOS: each block costs
   # (its tokens + 1) log V nats.
-  params = task.model.init(jax.random.key(0), *task.init_inputs)["params"]
-  params = jax.tree.map(jnp.zeros_like, params)
+  zeros = jax.jit(lambda *args: jax.tree.map(jnp.zeros_like, task.model.init(*args)["params"]))
+  params = zeros(jax.random.key(0), *task.init_inputs)
   batch = {k: v[:32] for k, v in data.items()}
-  loss, _ = task.loss_fn(params, {}, batch, 0)
+  loss, _ = jax.jit(task.loss_fn)(params, {}, batch, 0)
   expected = (lengths[:32] + 1).sum() * math.log(eos + 1) / batch["chars"].sum()
   assert float(loss) == pytest.approx(expected, rel=1e-5)
 

@@ -1,6 +1,7 @@
 """Model surgery: MatFormer's nested MLPs and their extraction (train/matformer.py), EMoE's
 experts (models/emoe.py, models/transformer.MLP). Each identity to float precision."""
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -18,13 +19,18 @@ from substrax.train.errors import ConfigError
 TOKENS = jax.random.randint(jax.random.key(1), (3, 16), 0, 16)
 
 
+@jax.jit
+def plus_noise(x, key, scale):
+  """One compiled program per shape (the trees below repeat shapes), not one per tree."""
+  return x + scale * jax.random.normal(key, x.shape)
+
+
 def noisy_params(model, seed=0):
   """Initial parameters plus noise, so that biases are non-zero and nothing cancels by luck."""
-  params = nn.meta.unbox(model.init(jax.random.key(seed), TOKENS))["params"]
+  params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(seed), TOKENS))["params"]
   leaves, tree = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-  return jax.tree.unflatten(tree, [x + 0.05 * jax.random.normal(k, x.shape)
-                                   for x, k in zip(leaves, keys)])
+  return jax.tree.unflatten(tree, [plus_noise(x, k, 0.05) for x, k in zip(leaves, keys)])
 
 
 def test_the_mlp_computes_what_nn_dense_does_bit_for_bit():
@@ -47,8 +53,8 @@ def test_the_mlp_computes_what_nn_dense_does_bit_for_bit():
 
 
 def noisy_params_of(module, x):
-  params = nn.meta.unbox(module.init(jax.random.key(1), x))["params"]
-  return jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(2), p.shape), params)
+  params = nn.meta.unbox(jax.jit(module.init)(jax.random.key(1), x))["params"]
+  return jax.tree.map(lambda p: plus_noise(p, jax.random.key(2), 0.1), params)
 
 
 @pytest.mark.parametrize("block", [BlockConfig(num_heads=2),
@@ -59,13 +65,14 @@ def test_matformer_slicing_equals_masking(block):
   model = LanguageModel(16, 32, 2, 16, block)   # 128 hidden units per layer
   params = noisy_params(model)
   units = (16, 64)
-  masked = jax.tree_util.tree_map_with_path(
-      lambda path, x: _mask_units(path, x, units), params)
-  sliced = model.apply({"params": params}, TOKENS, units=units)
-  full_masked = model.apply({"params": masked}, TOKENS)
+  masked = jax.jit(lambda p: jax.tree_util.tree_map_with_path(
+      lambda path, x: _mask_units(path, x, units), p))(params)
+  sliced = jax.jit(functools.partial(model.apply, units=units))({"params": params}, TOKENS)
+  apply = jax.jit(model.apply)
+  full_masked = apply({"params": masked}, TOKENS)
   assert float(jnp.abs(sliced - full_masked).max()) <= 1e-6
   # The slice changed the output: the test is not comparing the full model with itself.
-  assert float(jnp.abs(sliced - model.apply({"params": params}, TOKENS)).max()) > 1e-3
+  assert float(jnp.abs(sliced - apply({"params": params}, TOKENS)).max()) > 1e-3
 
 
 def _mask_units(path, x, units):
@@ -89,16 +96,17 @@ def test_an_extracted_submodel_equals_the_full_model_at_its_granularity():
   tokens = jnp.tile(TOKENS[:1], (jax.device_count(), 1))   # the batch splits over the mesh
   with full_exp.activate():
     state = full_exp.init()
-    noise = lambda x: x + 0.05 * jax.random.normal(jax.random.key(3), x.shape)
+    noise = lambda x: plus_noise(x, jax.random.key(3), 0.05)
     state = state.replace(params=jax.tree.map(noise, state.params),
                           opt_state=jax.tree.map(lambda x: noise(x) if x.ndim else x,
                                                  state.opt_state))
-    at_choice = full_exp.task.model.apply({"params": state.params}, tokens,
-                                          units=matformer.units(config.model, choice))
+    at_choice = jax.jit(functools.partial(full_exp.task.model.apply,
+                                          units=matformer.units(config.model, choice)))(
+        {"params": state.params}, tokens)
   with sub_exp.activate():
-    small = matformer.slice_state(state, sub_exp.abstract_state)
+    small = jax.jit(lambda state: matformer.slice_state(state, sub_exp.abstract_state))(state)
     assert jax.tree.map(jnp.shape, small) == jax.tree.map(jnp.shape, sub_exp.abstract_state)
-    extracted = sub_exp.task.model.apply({"params": small.params}, tokens)
+    extracted = jax.jit(sub_exp.task.model.apply)({"params": small.params}, tokens)
   assert float(jnp.abs(extracted - at_choice).max()) <= 1e-6
   # Adam's moments are cut with the parameters, to their prefixes (the extracted run trains on).
   path = lambda tree: tree["backbone"]["block_0"]["mlp"]["fc"]["kernel"]
@@ -134,17 +142,22 @@ def _experts(block, experts, top_k):
   return dataclasses.replace(block, experts=experts, top_k=top_k)
 
 
+def initial_emoe(model):
+  """model.init's 'emoe' collection, compiled without the parameters' initialisers."""
+  return jax.jit(lambda key, x: model.init(key, x)["emoe"])(jax.random.key(0), TOKENS)
+
+
 def test_emoe_with_every_expert_is_the_dense_model():
   block = BlockConfig(num_heads=2)
   dense = LanguageModel(16, 32, 2, 16, block)
   params = noisy_params(dense)
   moe = LanguageModel(16, 32, 2, 16, _experts(block, 8, 8))
-  state = emoe.convert(params, moe.init(jax.random.key(0), TOKENS)["emoe"])
-  a = dense.apply({"params": params}, TOKENS)
-  b = moe.apply({"params": params, "emoe": state}, TOKENS)
+  state = emoe.convert(params, initial_emoe(moe))
+  a = jax.jit(dense.apply)({"params": params}, TOKENS)
+  b = jax.jit(moe.apply)({"params": params, "emoe": state}, TOKENS)
   assert float(jnp.abs(a - b).max()) <= 1e-5
-  fewer = LanguageModel(16, 32, 2, 16, _experts(block, 8, 2))
-  assert float(jnp.abs(fewer.apply({"params": params, "emoe": state}, TOKENS) - a).max()) > 1e-3
+  fewer = jax.jit(LanguageModel(16, 32, 2, 16, _experts(block, 8, 2)).apply)
+  assert float(jnp.abs(fewer({"params": params, "emoe": state}, TOKENS) - a).max()) > 1e-3
 
 
 def test_emoe_routes_each_token_to_its_top_k_experts_by_mean_key():
@@ -152,18 +165,20 @@ def test_emoe_routes_each_token_to_its_top_k_experts_by_mean_key():
   W2[S_e] gelu(W1[:, S_e]^T x + b1[S_e]), plus b2 once, with experts chosen by gate . x."""
   mlp = MLP(64, jnp.float32, nn.initializers.normal(0.02), experts=4, top_k=2)
   x = jax.random.normal(jax.random.key(0), (5, 8))
-  variables = nn.meta.unbox(mlp.init(jax.random.key(1), x))
-  params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(2), p.shape),
-                        variables["params"])
+  params = noisy_params_of(mlp, x)
   w1, b1 = params["fc"]["kernel"], params["fc"]["bias"]
   w2, b2 = params["proj"]["kernel"], params["proj"]["bias"]
   group = np.random.default_rng(0).permutation(np.arange(64) // 16)
   gate = np.stack([np.asarray(w1)[:, group == e].mean(1) for e in range(4)])
-  out = mlp.apply({"params": params, "emoe": {"group": group, "gate": gate}}, x)
-  for t in range(len(x)):
-    chosen = np.argsort(-(gate @ np.asarray(x[t])))[:2]
-    want = b2 + sum(nn.gelu(x[t] @ w1[:, group == e] + b1[group == e]) @ w2[group == e]
-                    for e in chosen)
+  out = jax.jit(mlp.apply)({"params": params, "emoe": {"group": group, "gate": gate}}, x)
+  chosen = [np.argsort(-(gate @ np.asarray(x[t])))[:2] for t in range(len(x))]
+
+  @jax.jit
+  def expected(x, w1, b1, w2, b2):
+    return [b2 + sum(nn.gelu(x[t] @ w1[:, group == e] + b1[group == e]) @ w2[group == e]
+                     for e in chosen[t])
+            for t in range(len(x))]
+  for t, want in enumerate(expected(x, w1, b1, w2, b2)):
     np.testing.assert_allclose(out[t], want, atol=1e-5)
 
 
@@ -184,7 +199,7 @@ def test_converted_experts_are_balanced_and_gated_by_their_mean_raw_key():
   block = _experts(BlockConfig(num_heads=2), 4, 1)
   model = LanguageModel(16, 32, 1, 16, block)
   params = noisy_params(model)
-  state = emoe.convert(params, model.init(jax.random.key(0), TOKENS)["emoe"])
+  state = emoe.convert(params, initial_emoe(model))
   group = np.asarray(state["backbone"]["block_0"]["mlp"]["group"])
   gate = np.asarray(state["backbone"]["block_0"]["mlp"]["gate"])
   kernel = np.asarray(params["backbone"]["block_0"]["mlp"]["fc"]["kernel"])
@@ -233,8 +248,8 @@ def test_an_icl_matformer_trains_and_scores_every_granularity():
   exp = trainer.setup(config)
   with exp.activate():
     state = exp.init()
-    batch = exp.task.sample_batch(exp.train_data, jax.random.key(0), 0)
-    loss, (aux, _) = exp.task.loss_fn(state.params, state.model_state, batch, 0)
+    batch = jax.jit(exp.task.sample_batch)(exp.train_data, jax.random.key(0), 0)
+    loss, (aux, _) = jax.jit(exp.task.loss_fn)(state.params, state.model_state, batch, 0)
     held_out = exp.eval_step(state.params, state.model_state, exp.eval_data, 0)
   assert float(loss) == pytest.approx(float(aux["loss_g4"] + aux["loss_g1"]), rel=1e-6)
   assert {"loss", "loss_g4", "error_k10_g4"} <= set(held_out)
