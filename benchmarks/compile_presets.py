@@ -5,6 +5,7 @@ seconds, XLA's compiled memory per device, FLOPs per step.
   python benchmarks/compile_presets.py --only=icl_linear:gpu,lra_text:pod
   python benchmarks/compile_presets.py --scan_compare=icl_linear:gpu   # nn.scan vs unrolled
   python benchmarks/compile_presets.py --scan_compare=icl_linear:gpu --depths=1,3,12,24,48
+  python benchmarks/compile_presets.py --scan_compare=icl_linear:gpu --set=model.remat=full
 
 Each preset is `substrax-inspect --json` in a process of its own, with XLA_FLAGS set in its
 environment before jax starts and a timeout, so a crash or a hang stays in its row and its
@@ -16,6 +17,7 @@ the corpus, which changes only its data column. Writes OUT/results.json and
 OUT/results.md (the table); with --only, those presets' rows replace their old ones there.
 Exits 1 if a preset failed, after the table.
 """
+import collections
 import importlib
 import json
 import os
@@ -53,6 +55,8 @@ flags.DEFINE_string("scan_compare", None, "CONFIG:PRESET: compile with model.sca
 flags.DEFINE_integer("repeats", 3, "--scan_compare: compiles of each variant.")
 flags.DEFINE_list("depths", [], "--scan_compare: model depths to compare at (default: the "
                   "preset's), e.g. 1,12,48: where scanning starts to pay on XLA:CPU.")
+flags.DEFINE_list("set", [], "--scan_compare: config overrides for both variants, e.g. "
+                  "model.remat=full.")
 flags.DEFINE_integer("timeout_s", 1800, "Per preset, data generation included.")
 flags.DEFINE_string("out", "runs/compile_presets", "Where results.json and results.md go.")
 FLAGS = flags.FLAGS
@@ -67,17 +71,18 @@ def parse_entry(entry: str) -> tuple[str, str]:
   return name, preset
 
 
-def child_env() -> dict:
+def child_env(dump_to: str | None = None) -> dict:
   env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(DEVICES),
              JAX_ENABLE_COMPILATION_CACHE="false")
   env.pop("JAX_COMPILATION_CACHE_DIR", None)
   kept = [f for f in env.get("XLA_FLAGS", "").split()
-          if not f.startswith("--xla_force_host_platform_device_count")]
-  env["XLA_FLAGS"] = " ".join(kept + [f"--xla_force_host_platform_device_count={DEVICES}"])
+          if not f.startswith(("--xla_force_host_platform_device_count", "--xla_dump_to"))]
+  kept.append(f"--xla_force_host_platform_device_count={DEVICES}")
+  env["XLA_FLAGS"] = " ".join(kept + ([f"--xla_dump_to={dump_to}"] if dump_to else []))
   return env
 
 
-def inspect(name: str, preset: str, overrides=()) -> dict:
+def inspect(name: str, preset: str, overrides=(), dump_to: str | None = None) -> dict:
   """One preset through substrax-inspect --json in a fresh process: its report (modules left
   out) or the one-line reason it failed."""
   binary = os.path.join(os.path.dirname(sys.executable), "substrax-inspect")
@@ -88,7 +93,7 @@ def inspect(name: str, preset: str, overrides=()) -> dict:
   start = time.perf_counter()
   # A session of its own, so that a timeout or Ctrl-C also ends the data builders' workers.
   proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          cwd=REPO, env=child_env(), start_new_session=True)
+                          cwd=REPO, env=child_env(dump_to), start_new_session=True)
   try:
     stdout, stderr = proc.communicate(timeout=FLAGS.timeout_s)
   except BaseException as e:
@@ -149,15 +154,32 @@ def table_row(row: dict) -> str:
           f"{temp} | {total} | {row['flops_per_step'] / 1e9:,.1f} |")
 
 
+def step_kernels(name: str, preset: str, overrides) -> int:
+  """The distinct kernels XLA:CPU compiles for the train step: one more compile, with the
+  compiler's dump on, counting the LLVM modules of its largest program. XLA:CPU compiles a
+  fused computation once and reuses the kernel wherever it recurs, as in identical unrolled
+  layers, so the count, not the depth, sets most of the compile time."""
+  with tempfile.TemporaryDirectory() as dump:
+    row = inspect(name, preset, overrides, dump_to=dump)
+    if not row["ok"]:
+      study.stop(f"{name}:{preset} {' '.join(overrides)}: {row['reason']}", 1)
+    # module_0054.jit_sample_and_update.<kernel>.ir-with-opt.ll: one LLVM module per kernel
+    programs = collections.Counter(f.split(".")[0] for f in os.listdir(dump)
+                                   if f.endswith(".ir-with-opt.ll"))
+  return max(programs.values(), default=0)
+
+
 def compare_scan(entry: str, depth: str | None = None) -> dict:
   """Median lower and compile seconds of the preset scanned and unrolled, compiled alternately
-  so that a change in the host's load hits both."""
+  so that a change in the host's load hits both; then each variant's kernel count."""
   name, preset = parse_entry(entry)
-  label = entry + (f" depth {depth}" if depth else "")
+  label = " ".join([entry] + ([f"depth {depth}"] if depth else []) + FLAGS.set)
   runs = {True: [], False: []}
+  common = [f"--config.{o}" for o in FLAGS.set] + ([f"--config.model.depth={depth}"]
+                                                   if depth else [])
   for rep in range(FLAGS.repeats):
     for scan in (True, False):
-      overrides = [f"--config.model.scan={scan}"] + ([f"--config.model.depth={depth}"] if depth else [])
+      overrides = [f"--config.model.scan={scan}", *common]
       row = inspect(name, preset, overrides)
       if not row["ok"]:
         study.stop(f"{entry} {' '.join(overrides)}: {row['reason']}", 1)
@@ -168,10 +190,12 @@ def compare_scan(entry: str, depth: str | None = None) -> dict:
             f"{mib(mem['total']) + ' MiB' if mem else 'unavailable'}, XLA GFLOP/step/device "
             f"{row['flops_per_step'] / 1e9:.2f}", flush=True)
   median = {scan: {k: statistics.median(r[k] for r in rows) for k in ("lower_s", "compile_s")}
+            | {"kernels": step_kernels(name, preset, [f"--config.model.scan={scan}", *common])}
             for scan, rows in runs.items()}
   print(f"{label}, medians of {FLAGS.repeats} ({DEVICES} fake CPU devices): scan lower "
-        f"{median[True]['lower_s']:.2f} s, compile {median[True]['compile_s']:.2f} s; unrolled "
-        f"lower {median[False]['lower_s']:.2f} s, compile {median[False]['compile_s']:.2f} s; "
+        f"{median[True]['lower_s']:.2f} s, compile {median[True]['compile_s']:.2f} s, "
+        f"{median[True]['kernels']} kernels; unrolled lower {median[False]['lower_s']:.2f} s, "
+        f"compile {median[False]['compile_s']:.2f} s, {median[False]['kernels']} kernels; "
         f"compile unrolled / scan = "
         f"{median[False]['compile_s'] / median[True]['compile_s']:.2f}x", flush=True)
   return median
@@ -180,12 +204,13 @@ def compare_scan(entry: str, depth: str | None = None) -> dict:
 def compare_depths(entry: str, depths: list[str]):
   """compare_scan at each depth, then one table: how compile time grows with depth."""
   medians = {d: compare_scan(entry, d) for d in depths}
-  print("\n| depth | scan lower s | scan compile s | unrolled lower s | unrolled compile s "
-        "| unrolled / scan |\n|---|---|---|---|---|---|")
+  print("\n| depth | scan lower s | scan compile s | scan kernels | unrolled lower s "
+        "| unrolled compile s | unrolled kernels | unrolled / scan |\n"
+        "|---|---|---|---|---|---|---|---|")
   for d, m in medians.items():
     print(f"| {d} | {m[True]['lower_s']:.2f} | {m[True]['compile_s']:.2f} | "
-          f"{m[False]['lower_s']:.2f} | {m[False]['compile_s']:.2f} | "
-          f"{m[False]['compile_s'] / m[True]['compile_s']:.2f}x |")
+          f"{m[True]['kernels']} | {m[False]['lower_s']:.2f} | {m[False]['compile_s']:.2f} | "
+          f"{m[False]['kernels']} | {m[False]['compile_s'] / m[True]['compile_s']:.2f}x |")
 
 
 def write_tfds_stand_ins(entries) -> None:
@@ -220,8 +245,11 @@ def main(argv):
     study.stop(f"unexpected arguments {' '.join(argv[1:])}", 2)
   with open(os.path.join(REPO, "README.md"), "rb") as src, open(CORPUS, "wb") as dst:
     dst.write(src.read())
-  if FLAGS.depths and not FLAGS.scan_compare:
-    study.stop("--depths: only --scan_compare reads it", 2)
+  for name in ("depths", "set"):
+    if FLAGS[name].value and not FLAGS.scan_compare:
+      study.stop(f"--{name}: only --scan_compare reads it", 2)
+  if bad := [o for o in FLAGS.set if "=" not in o or o.startswith("model.scan=")]:
+    study.stop(f"--set: give KEY=VALUE config overrides other than model.scan, got {bad[0]}", 2)
   if not all(d.isdigit() and int(d) > 0 for d in FLAGS.depths):
     study.stop(f"--depths: give positive integers, got {','.join(FLAGS.depths)}", 2)
   try:
