@@ -15,7 +15,8 @@ cache under $SUBSTRAX_DATA; a cold Pathfinder-32 build took 25 minutes on 2 busy
 lm_text trains on the user's corpus (data.path): it compiles with the repository's README.md as
 the corpus, which changes only its data column. Writes OUT/results.json and
 OUT/results.md (the table); with --only, those presets' rows replace their old ones there.
-Exits 1 if a preset failed, after the table.
+Exits 1 if a preset failed, after the table. --scan_compare compiles each variant once more
+with XLA's dump on and reports the distinct kernels of its train step.
 """
 import collections
 import importlib
