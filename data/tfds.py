@@ -12,6 +12,7 @@ import contextlib
 import inspect
 import itertools
 import logging
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -29,6 +30,21 @@ CHUNK = 4096   # records per numpy step: bounds the float temporaries to a few t
 
 # ITU-R BT.601 luma weights as used by tf.image.rgb_to_grayscale, which LRA applied.
 _LUMA = np.array([0.2989, 0.5870, 0.1140], np.float32)
+
+
+@contextlib.contextmanager
+def removed_scratch():
+  """Inside it, the temporary directories TFDS makes land in one that is removed on leaving.
+  A builder of a dataset that data_dir does not hold yet looks for its metadata on GCS through
+  `DatasetInfo.initialize_from_bucket`, which makes a directory with `tempfile.mkdtemp` before
+  it checks whether there is anything to copy, and never removes it (tensorflow-datasets 4.9):
+  every such builder left an empty /tmp/tmp*tfds."""
+  with tempfile.TemporaryDirectory(prefix="substrax-tfds-") as scratch:
+    saved, tempfile.tempdir = tempfile.tempdir, scratch
+    try:
+      yield
+    finally:
+      tempfile.tempdir = saved
 
 
 @contextlib.contextmanager
@@ -127,13 +143,15 @@ def open_source(name: str, split: str, data_dir: str | None, *, needs: str = "Te
   absl_logger.setLevel(logging.ERROR)
   where = data_dir or "the default TFDS data_dir"
   try:
-    # download=False: fetching here would need the network and usually TensorFlow.
-    return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    with removed_scratch():
+      # download=False: fetching here would need the network and usually TensorFlow.
+      return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
   except Exception as e:
     # TFDS reports a missing dataset as NotImplementedError, KeyError, ... depending on
     # data_dir; ask the builder directly so that other errors (a bad split) pass through.
     try:
-      builder = tfds.builder(name, data_dir=data_dir)
+      with removed_scratch():
+        builder = tfds.builder(name, data_dir=data_dir)
     except Exception as info_error:   # e.g. a truncated dataset_info.json
       raise DataError(f"TFDS dataset {name!r} in {where} cannot be opened "
                       f"({one_line(info_error)}); prepare it again") from info_error
@@ -208,7 +226,8 @@ def write_prepared(name: str, data_dir: str, splits: Mapping[str, Sequence[Mappi
       for i, record in enumerate(splits[split]):
         yield i, example(split, i, record)
 
-  builder = Records(data_dir=data_dir, file_format="array_record")
+  with removed_scratch():
+    builder = Records(data_dir=data_dir, file_format="array_record")
   if builder.is_prepared():   # TFDS would keep the old records and ignore `splits`
     raise ValueError(f"TFDS dataset {name!r} is already prepared in {data_dir}; write to an "
                      "empty data_dir")

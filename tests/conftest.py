@@ -205,12 +205,13 @@ def video_tfds_dir(tmp_path_factory):
   # Writing features.json also asks TensorFlow for dtypes (feature.tf_dtype); without it,
   # answer with numpy as tf_free_video_features does for Video.
   from tensorflow_datasets.core.features import feature
+  from substrax.data.tfds import removed_scratch
   from substrax.data.video import tf_free_video_features
   saved = feature.tf
   if importlib.util.find_spec("tensorflow") is None:
     feature.tf = types.SimpleNamespace(dtypes=types.SimpleNamespace(as_dtype=np.dtype))
   try:
-    with tf_free_video_features():
+    with tf_free_video_features(), removed_scratch():
       FakeMovingMnist(data_dir=str(path), file_format="array_record").download_and_prepare()
       FakeUcf101(config="ucf101_1", data_dir=str(path),
                  file_format="array_record").download_and_prepare()

@@ -316,8 +316,10 @@ def lm_tfds_dir(tmp_path_factory):
         yield i, {"text": text}
 
   path = tmp_path_factory.mktemp("lm_tfds")
-  for cls in (FakeShakespeare, FakeLm1b):
-    cls(data_dir=str(path), file_format="array_record").download_and_prepare()
+  from substrax.data.tfds import removed_scratch
+  with removed_scratch():   # TFDS's temporary directories
+    for cls in (FakeShakespeare, FakeLm1b):
+      cls(data_dir=str(path), file_format="array_record").download_and_prepare()
   return str(path)
 
 
