@@ -157,17 +157,22 @@ def table_row(row: dict) -> str:
 
 def step_kernels(name: str, preset: str, overrides) -> int:
   """The distinct kernels XLA:CPU compiles for the train step: one more compile, with the
-  compiler's dump on, counting the LLVM modules of its largest program. XLA:CPU compiles a
+  compiler's dump on, counting the LLVM modules of its kernels. XLA:CPU compiles a
   fused computation once and reuses the kernel wherever it recurs, as in identical unrolled
   layers, so the count, not the depth, sets most of the compile time."""
   with tempfile.TemporaryDirectory() as dump:
     row = inspect(name, preset, overrides, dump_to=dump)
     if not row["ok"]:
       study.stop(f"{name}:{preset} {' '.join(overrides)}: {row['reason']}", 1)
-    # module_0054.jit_sample_and_update.<kernel>.ir-with-opt.ll: one LLVM module per kernel
+    # module_0054.jit_sample_and_update.<kernel>.ir-with-opt.ll: one LLVM module per kernel of
+    # the train step (train/trainer.py's sample_and_update); the setup's programs are others.
     programs = collections.Counter(f.split(".")[0] for f in os.listdir(dump)
-                                   if f.endswith(".ir-with-opt.ll"))
-  return max(programs.values(), default=0)
+                                   if ".jit_sample_and_update." in f
+                                   and f.endswith(".ir-with-opt.ll"))
+  if len(programs) != 1:
+    study.stop(f"{name}:{preset}: expected one train step among XLA's dumped kernels, found "
+               f"{len(programs)} (has XLA:CPU's dump naming changed?)", 1)
+  return programs.most_common(1)[0][1]
 
 
 def compare_scan(entry: str, depth: str | None = None) -> dict:
@@ -249,8 +254,10 @@ def main(argv):
   for name in ("depths", "set"):
     if FLAGS[name].value and not FLAGS.scan_compare:
       study.stop(f"--{name}: only --scan_compare reads it", 2)
-  if bad := [o for o in FLAGS.set if "=" not in o or o.startswith("model.scan=")]:
-    study.stop(f"--set: give KEY=VALUE config overrides other than model.scan, got {bad[0]}", 2)
+  fixed = ("model.scan=",) + (("model.depth=",) if FLAGS.depths else ())
+  if bad := [o for o in FLAGS.set if "=" not in o or o.startswith(fixed)]:
+    study.stop(f"--set: give KEY=VALUE config overrides other than "
+               f"{' and '.join(f[:-1] for f in fixed)}, got {bad[0]}", 2)
   if not all(d.isdigit() and int(d) > 0 for d in FLAGS.depths):
     study.stop(f"--depths: give positive integers, got {','.join(FLAGS.depths)}", 2)
   try:
