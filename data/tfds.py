@@ -142,27 +142,26 @@ def open_source(name: str, split: str, data_dir: str | None, *, needs: str = "Te
   level = absl_logger.level
   absl_logger.setLevel(logging.ERROR)
   where = data_dir or "the default TFDS data_dir"
-  try:
-    with removed_scratch():
+  with removed_scratch():
+    try:
       # download=False: fetching here would need the network and usually TensorFlow.
       return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-  except Exception as e:
-    # TFDS reports a missing dataset as NotImplementedError, KeyError, ... depending on
-    # data_dir; ask the builder directly so that other errors (a bad split) pass through.
-    try:
-      with removed_scratch():
+    except Exception as e:
+      # TFDS reports a missing dataset as NotImplementedError, KeyError, ... depending on
+      # data_dir; ask the builder directly so that other errors (a bad split) pass through.
+      try:
         builder = tfds.builder(name, data_dir=data_dir)
-    except Exception as info_error:   # e.g. a truncated dataset_info.json
-      raise DataError(f"TFDS dataset {name!r} in {where} cannot be opened "
-                      f"({one_line(info_error)}); prepare it again") from info_error
-    if builder.is_prepared():
-      raise
-    raise DataError(
-        f"TFDS dataset {name!r} is not prepared in {where} (looked in {builder.data_dir}); "
-        f"prepare it on a machine with network and {needs} with `tfds build {name} "
-        f"--file_format=array_record --data_dir=...`, then copy the data_dir here") from e
-  finally:
-    absl_logger.setLevel(level)
+      except Exception as info_error:   # e.g. a truncated dataset_info.json
+        raise DataError(f"TFDS dataset {name!r} in {where} cannot be opened "
+                        f"({one_line(info_error)}); prepare it again") from info_error
+      if builder.is_prepared():
+        raise
+      raise DataError(
+          f"TFDS dataset {name!r} is not prepared in {where} (looked in {builder.data_dir}); "
+          f"prepare it on a machine with network and {needs} with `tfds build {name} "
+          f"--file_format=array_record --data_dir=...`, then copy the data_dir here") from e
+    finally:
+      absl_logger.setLevel(level)
 
 
 def load(name: str, split: str, data_dir: str | None = None, *,

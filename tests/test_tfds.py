@@ -87,18 +87,16 @@ def test_load_imdb_through_data_source(tfds_dir):
   assert sorted(out["labels"]) == [0] * 9 + [1] * 9
 
 
-def scratch(tmp_path, monkeypatch):
+@pytest.fixture
+def scratch(tmp_path_factory, monkeypatch):
   """An empty directory that Python's temporary files go to: what TFDS leaves there."""
-  path = tmp_path / "scratch"
-  path.mkdir()
+  path = tmp_path_factory.mktemp("scratch")
   monkeypatch.setattr(tempfile, "tempdir", str(path))
   return path
 
 
-def test_random_stand_ins_load_as_the_real_schema(tmp_path, monkeypatch):
+def test_random_stand_ins_load_as_the_real_schema(tmp_path, scratch):
   # What compile_presets.py compiles the LRA Text and Image presets on, offline.
-  left = scratch(tmp_path, monkeypatch)
-  tmp_path = tmp_path / "data"
   for name in lra.NAMES:
     lra.write_prepared(name, str(tmp_path), {
         "train": lra.random_records(name, 12, 0, text_bytes=9),
@@ -113,17 +111,16 @@ def test_random_stand_ins_load_as_the_real_schema(tmp_path, monkeypatch):
     lra.random_records("mnist", 1)
   with pytest.raises(ValueError, match="already prepared"):   # never a silent no-op
     lra.write_prepared("cifar10", str(tmp_path), {"train": lra.random_records("cifar10", 2)})
-  assert os.listdir(left) == []   # no empty directory per new builder (TFDS 4.9 leaves one)
+  assert os.listdir(scratch) == []   # no empty directory per new builder (TFDS 4.9 leaves one)
 
 
-def test_load_missing_dataset_is_one_clear_error(tfds_dir, tmp_path, monkeypatch):
-  left = scratch(tmp_path, monkeypatch)
+def test_load_missing_dataset_is_one_clear_error(tfds_dir, tmp_path, scratch):
   with pytest.raises(DataError) as err:
     lra.load("imdb_reviews", "test", str(tmp_path), max_length=10)
   message = str(err.value)
   assert "imdb_reviews" in message and str(tmp_path) in message and "tfds build" in message
   assert "\n" not in message
-  assert os.listdir(left) == []
+  assert os.listdir(scratch) == []
   with pytest.raises(ValueError, match="split"):   # a prepared dataset's errors pass through
     lra.load("cifar10", "validation", tfds_dir)
 
